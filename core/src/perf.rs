@@ -1,0 +1,1 @@
+//! Step-time physics (being written).

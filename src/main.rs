@@ -1,0 +1,2 @@
+//! The `goodput` binary: a thin command line over the goodput crates.
+fn main() {}

@@ -14,6 +14,6 @@ pub mod perf;
 pub mod slo;
 pub mod vllm;
 
-
-
+pub use catalog::{Accelerator, Catalog, CatalogError, EngineLimits, Model};
+pub use perf::{StackOverheads, StepCost, StepWork};
 pub use slo::{Role, Slo};

@@ -51,7 +51,11 @@ fn default_percentile() -> f64 {
 
 impl Default for Slo {
     fn default() -> Self {
-        Self { ttft_ms: 2000.0, itl_ms: 100.0, percentile: 95.0 }
+        Self {
+            ttft_ms: 2000.0,
+            itl_ms: 100.0,
+            percentile: 95.0,
+        }
     }
 }
 

@@ -68,7 +68,12 @@ pub struct Histogram {
 impl Histogram {
     /// An empty histogram with the given ascending upper bounds (`+Inf` is added).
     pub fn new(bounds: &[f64]) -> Self {
-        Self { bounds: bounds.to_vec(), counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
+        Self {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     /// Records one observation.
@@ -133,7 +138,11 @@ pub fn histogram_quantile(q: f64, bounds: &[f64], cumulative: &[f64]) -> Option<
         return bounds.last().copied();
     }
     let upper = bounds[idx];
-    let (lower, below) = if idx == 0 { (0.0, 0.0) } else { (bounds[idx - 1], cumulative[idx - 1]) };
+    let (lower, below) = if idx == 0 {
+        (0.0, 0.0)
+    } else {
+        (bounds[idx - 1], cumulative[idx - 1])
+    };
     let in_bucket = cumulative[idx] - below;
     if in_bucket <= 0.0 {
         return Some(upper);
@@ -149,7 +158,9 @@ mod tests {
     fn one_two_five_buckets_match_vllm_examples() {
         assert_eq!(
             buckets_1_2_5(4096),
-            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
+            vec![
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0
+            ]
         );
         assert_eq!(buckets_1_2_5(8192).last(), Some(&5000.0));
         assert_eq!(buckets_1_2_5(131072).last(), Some(&100000.0));

@@ -50,6 +50,10 @@ impl Workload {
     /// Mean arrival rate over the workload's span, requests per second.
     pub fn mean_rate(&self) -> f64 {
         let d = self.duration_s();
-        if d > 0.0 { self.requests.len() as f64 / d } else { 0.0 }
+        if d > 0.0 {
+            self.requests.len() as f64 / d
+        } else {
+            0.0
+        }
     }
 }

@@ -10,10 +10,12 @@
 //!   with those boundaries, shared by the simulator's Prometheus view and the live servers.
 
 pub mod catalog;
+pub mod load;
 pub mod perf;
 pub mod slo;
 pub mod vllm;
 
 pub use catalog::{Accelerator, Catalog, CatalogError, EngineLimits, Model};
+pub use load::VariantLoad;
 pub use perf::{StackOverheads, StepCost, StepWork};
 pub use slo::{Role, Slo};

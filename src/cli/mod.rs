@@ -1,0 +1,58 @@
+//! Command-line parsing and dispatch. Every flag can also be set through the environment
+//! variable named in `--help`.
+
+mod sim;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// goodput: keeps LLM inference inside its latency objectives at the lowest accelerator cost.
+#[derive(Debug, Parser)]
+#[command(name = "goodput", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Logging options shared by every command.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, global = true, env = "GOODPUT_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax, e.g. `info,goodput_sim=debug`).
+    #[arg(long, global = true, env = "GOODPUT_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate a heterogeneous vLLM fleet: run scenarios, profile the engine model.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_tracing(args: &LogArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the chosen command.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Sim(cmd) => sim::run(cmd),
+    }
+}

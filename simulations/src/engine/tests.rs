@@ -1,1 +1,176 @@
+use std::sync::Arc;
 
+use goodput_core::catalog::EngineLimits;
+use goodput_core::perf::{StackOverheads, kv_capacity_tokens};
+use goodput_core::{Catalog, Role, StepCost, StepWork};
+
+use super::*;
+
+fn params(mode: StepMode, kv_tokens: Option<u64>) -> EngineParams {
+    let c = Catalog::builtin();
+    let m = c.model("llama-3.1-8b").unwrap();
+    let a = c.accelerator("h100").unwrap();
+    let limits = EngineLimits::vllm_defaults(a);
+    EngineParams {
+        cost: StepCost::new(m, a, 1, &StackOverheads::default()),
+        limits,
+        kv_capacity_tokens: kv_tokens.unwrap_or_else(|| kv_capacity_tokens(m, a, 1, &limits)),
+        role: Role::Unified,
+        mode,
+        max_model_len: 131072,
+    }
+}
+
+fn req(id: u64, prompt: u32, output: u32, hash_ids: &[u64]) -> EngineRequest {
+    EngineRequest {
+        id,
+        prompt_tokens: prompt,
+        output_tokens: output,
+        hash_ids: Arc::from(hash_ids),
+        hash_block_tokens: 512,
+        kv_transferred: false,
+    }
+}
+
+/// Drives an engine until idle; returns finished requests.
+fn drain(e: &mut Engine, mut now: f64) -> Vec<Finished> {
+    let mut out = Vec::new();
+    let mut next = e.kick(now);
+    while let Some(t) = next {
+        now = t;
+        out.extend(e.advance(now));
+        next = e.next_event();
+    }
+    out
+}
+
+#[test]
+fn a_lone_request_takes_one_prefill_step_then_one_decode_step_per_token() {
+    let p = params(StepMode::StepByStep, None);
+    let cost = p.cost;
+    let mut e = Engine::new(p);
+    assert!(e.enqueue(0.0, req(1, 1000, 5, &[])).is_none());
+    let done = drain(&mut e, 0.0);
+    assert_eq!(done.len(), 1);
+    let mut w = StepWork::default();
+    w.add(1000, 0, true);
+    let prefill = cost.step_time(&w);
+    let f = &done[0];
+    assert!((f.first_token_s.unwrap() - prefill).abs() < 1e-12);
+    let mut decode_total = 0.0;
+    for ctx in 1000..1004 {
+        let mut d = StepWork::default();
+        d.add(1, ctx, false);
+        decode_total += cost.step_time(&d);
+    }
+    assert!((f.finish_s - prefill - decode_total).abs() < 1e-9);
+    assert_eq!(f.output_tokens, 5);
+    assert_eq!(e.counters().generation_tokens, 5);
+    assert_eq!(e.counters().itl.count(), 4);
+    assert_eq!(e.counters().ttft.count(), 1);
+    assert_eq!(e.kv_usage(f.finish_s), 0.0);
+}
+
+#[test]
+fn long_prompts_are_chunked_by_the_token_budget() {
+    let mut p = params(StepMode::StepByStep, None);
+    p.limits.max_num_batched_tokens = 512;
+    let mut e = Engine::new(p);
+    e.enqueue(0.0, req(1, 2000, 1, &[]));
+    drain(&mut e, 0.0);
+    // ceil(2000 / 512) = 4 prefill steps produce the one token.
+    assert_eq!(e.steps(), 4);
+}
+
+#[test]
+fn running_out_of_kv_preempts_and_every_request_still_finishes() {
+    // Room for ~4 requests' worth of blocks; 8 long generations must preempt.
+    let mut e = Engine::new(params(StepMode::StepByStep, Some(16 * 300)));
+    for i in 0..8 {
+        e.enqueue(0.0, req(i, 400, 400, &[]));
+    }
+    let done = drain(&mut e, 0.0);
+    assert_eq!(done.len(), 8);
+    assert!(done.iter().all(|f| f.output_tokens == 400));
+    assert!(e.counters().preemptions > 0);
+    assert_eq!(e.kv_usage(1e9), 0.0);
+}
+
+#[test]
+fn requests_that_can_never_fit_are_refused_not_stuck() {
+    let mut e = Engine::new(params(StepMode::StepByStep, Some(16 * 10)));
+    let f = e.enqueue(0.0, req(9, 1000, 10, &[])).unwrap();
+    assert!(f.rejected);
+    assert_eq!(e.counters().requests_rejected, 1);
+    assert!(e.kick(0.0).is_none());
+}
+
+#[test]
+fn shared_prefixes_hit_the_cache_and_shorten_prefill() {
+    let mut e = Engine::new(params(StepMode::StepByStep, None));
+    e.enqueue(0.0, req(1, 2048, 2, &[1, 2, 3, 4]));
+    let first = drain(&mut e, 0.0);
+    let t0 = first[0].finish_s;
+    e.enqueue(t0, req(2, 2048, 2, &[1, 2, 3, 4]));
+    let second = drain(&mut e, t0);
+    // Full hit recomputes the last block only: 2032 of 2048 tokens cached.
+    assert_eq!(second[0].cached_tokens, 2032);
+    let ttft1 = first[0].first_token_s.unwrap();
+    let ttft2 = second[0].first_token_s.unwrap() - t0;
+    assert!(ttft2 < ttft1 / 3.0, "{ttft2} vs {ttft1}");
+    assert_eq!(e.counters().prefix_hits, 2032);
+    // A different prefix after the first block hits only that block.
+    e.enqueue(1.0, req(3, 2048, 2, &[1, 9, 9, 9]));
+    let third = drain(&mut e, 1.0);
+    assert_eq!(third[0].cached_tokens, 512);
+}
+
+#[test]
+fn event_jumping_and_step_by_step_agree_on_a_mixed_batch() {
+    let run = |mode| {
+        let mut e = Engine::new(params(mode, Some(16 * 4000)));
+        for i in 0..40u64 {
+            e.enqueue(
+                0.0,
+                req(
+                    i,
+                    200 + (i as u32 * 37) % 900,
+                    20 + (i as u32 * 53) % 300,
+                    &[],
+                ),
+            );
+        }
+        // A late arrival lands in the middle of a decode run.
+        let mut out = Vec::new();
+        let mut now = 0.0;
+        let mut next = e.kick(now);
+        let mut late = false;
+        while let Some(t) = next {
+            if !late && t > 3.0 {
+                late = true;
+                now = 3.0;
+                next = e.sync(now, true);
+                e.enqueue(now, req(99, 500, 50, &[]));
+                continue;
+            }
+            now = t;
+            out.extend(e.advance(now));
+            next = e.next_event();
+        }
+        out.sort_by_key(|f| f.id);
+        (out, e.steps(), e.counters().clone())
+    };
+    let (a, steps_a, ca) = run(StepMode::StepByStep);
+    let (b, steps_b, cb) = run(StepMode::EventJumping);
+    assert_eq!(a.len(), 41);
+    assert_eq!(steps_a, steps_b, "both modes execute the same engine steps");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.id, y.id);
+        let rel = |p: f64, q: f64| (p - q).abs() / p.abs().max(1e-9);
+        assert!(rel(x.finish_s, y.finish_s) < 1e-9, "{x:?} {y:?}");
+        assert!(rel(x.first_token_s.unwrap(), y.first_token_s.unwrap()) < 1e-9);
+    }
+    assert_eq!(ca.generation_tokens, cb.generation_tokens);
+    assert_eq!(ca.itl.count(), cb.itl.count());
+    assert!((ca.itl.sum() - cb.itl.sum()).abs() / ca.itl.sum() < 1e-9);
+}

@@ -122,7 +122,11 @@ impl RequestOutcome {
     /// Mean inter-token latency, seconds (0 for single-token outputs).
     pub fn mean_itl_s(&self) -> Option<f64> {
         let (f, e) = (self.first_token_s?, self.finish_s?);
-        Some(if self.output_tokens > 1 { (e - f) / (self.output_tokens - 1) as f64 } else { 0.0 })
+        Some(if self.output_tokens > 1 {
+            (e - f) / (self.output_tokens - 1) as f64
+        } else {
+            0.0
+        })
     }
 }
 
@@ -152,7 +156,10 @@ pub struct RunOptions<'a> {
 }
 
 /// Resolves the scenario's variants against its catalog.
-pub fn resolve_variants(scenario: &Scenario, mode: StepMode) -> Result<Vec<Variant>, ScenarioError> {
+pub fn resolve_variants(
+    scenario: &Scenario,
+    mode: StepMode,
+) -> Result<Vec<Variant>, ScenarioError> {
     let catalog = scenario.catalog()?;
     scenario.validate(&catalog)?;
     let model = catalog.model(&scenario.model)?;
@@ -166,7 +173,9 @@ pub fn resolve_variants(scenario: &Scenario, mode: StepMode) -> Result<Vec<Varia
             .position(|p| p.accelerator == v.accelerator)
             .ok_or_else(|| ScenarioError::Invalid(format!("no pool for {}", v.accelerator)))?;
         let limits: EngineLimits = scenario.engine_limits(v, &catalog)?;
-        let price = scenario.pools[pool].price_per_hour.unwrap_or(acc.price_per_hour);
+        let price = scenario.pools[pool]
+            .price_per_hour
+            .unwrap_or(acc.price_per_hour);
         let per_token = kv_transfer_time(model, acc, v.tp, 1, 0.0, scenario.kv_transfer.efficiency);
         out.push(Variant {
             name: v.name.clone(),
@@ -246,15 +255,25 @@ pub fn run_cluster(
         autoscaler,
         view: PromView::new(scenario.observation.lag_s, scenario.observation.window_s),
         workload,
-        hash_ids: workload.requests.iter().map(|r| Arc::from(r.hash_ids.as_slice())).collect(),
+        hash_ids: workload
+            .requests
+            .iter()
+            .map(|r| Arc::from(r.hash_ids.as_slice()))
+            .collect(),
         outcomes: workload
             .requests
             .iter()
-            .map(|r| RequestOutcome { arrival_s: r.arrival_s, ..Default::default() })
+            .map(|r| RequestOutcome {
+                arrival_s: r.arrival_s,
+                ..Default::default()
+            })
             .collect(),
         pending: VecDeque::new(),
         scale_events: Vec::new(),
-        ts: TimeSeries { interval_s: sample_interval, ..Default::default() },
+        ts: TimeSeries {
+            interval_s: sample_interval,
+            ..Default::default()
+        },
         arrivals_in_sample: 0,
         ttfts_in_sample: Vec::new(),
         itls_in_sample: Vec::new(),
@@ -281,7 +300,11 @@ pub fn run_cluster(
             (None, Some(_)) => false,
             (None, None) => break,
         };
-        let t = if take_arrival { arrival_t.unwrap_or(now) } else { event_t.unwrap_or(now) };
+        let t = if take_arrival {
+            arrival_t.unwrap_or(now)
+        } else {
+            event_t.unwrap_or(now)
+        };
         if t > end_s {
             break;
         }
@@ -298,11 +321,11 @@ pub fn run_cluster(
                 break;
             }
         }
-        if let Some(p) = options.progress {
-            if now - last_progress > end_s / 200.0 {
-                last_progress = now;
-                p((now / end_s).min(1.0));
-            }
+        if let Some(p) = options.progress
+            && now - last_progress > end_s / 200.0
+        {
+            last_progress = now;
+            p((now / end_s).min(1.0));
         }
     }
     Ok(sim.finish(now))
@@ -320,7 +343,13 @@ fn nice_interval(x: f64) -> f64 {
 impl Sim<'_> {
     fn push(&mut self, t: f64, kind: Kind, target: usize, epoch: u64) {
         self.seq += 1;
-        self.heap.push(Event { t, kind, seq: self.seq, target, epoch });
+        self.heap.push(Event {
+            t,
+            kind,
+            seq: self.seq,
+            target,
+            epoch,
+        });
     }
 
     fn all_idle(&self) -> bool {
@@ -331,7 +360,13 @@ impl Sim<'_> {
 
     fn add_replica(&mut self, variant: usize, now: f64, ready: bool) {
         let startup = self.scenario.pools[self.variants[variant].pool].startup_s;
-        let state = if ready { ReplicaState::Ready } else { ReplicaState::Starting { ready_at: now + startup } };
+        let state = if ready {
+            ReplicaState::Ready
+        } else {
+            ReplicaState::Starting {
+                ready_at: now + startup,
+            }
+        };
         let id = self.replicas.len();
         self.replicas.push(Replica {
             variant,
@@ -364,8 +399,11 @@ impl Sim<'_> {
 
     fn route(&mut self, now: f64, request: u64, after_handoff: bool) {
         let spec = &self.workload.requests[request as usize];
-        let entry_roles: &[Role] =
-            if after_handoff { &[Role::Decode] } else { &[Role::Unified, Role::Prefill] };
+        let entry_roles: &[Role] = if after_handoff {
+            &[Role::Decode]
+        } else {
+            &[Role::Unified, Role::Prefill]
+        };
         let candidates: Vec<ReplicaView> = self
             .replicas
             .iter()
@@ -389,7 +427,11 @@ impl Sim<'_> {
             output_tokens: spec.output_tokens,
             hash_ids: &spec.hash_ids,
         };
-        let pick = if candidates.is_empty() { None } else { self.router.pick(&req, &candidates) };
+        let pick = if candidates.is_empty() {
+            None
+        } else {
+            self.router.pick(&req, &candidates)
+        };
         let Some(choice) = pick.and_then(|i| candidates.get(i)) else {
             self.pending.push_back((request, after_handoff));
             return;
@@ -400,7 +442,11 @@ impl Sim<'_> {
         let engine_req = EngineRequest {
             id: request,
             prompt_tokens: spec.input_tokens.max(1),
-            output_tokens: if role == Role::Prefill { 1 } else { spec.output_tokens.max(1) },
+            output_tokens: if role == Role::Prefill {
+                1
+            } else {
+                spec.output_tokens.max(1)
+            },
             hash_ids: self.hash_ids[request as usize].clone(),
             hash_block_tokens: self.workload.hash_block_tokens,
             kv_transferred: after_handoff,
@@ -442,8 +488,10 @@ impl Sim<'_> {
             Kind::Handoff => self.route(ev.t, ev.target as u64, true),
             Kind::Scrape => {
                 for id in 0..self.replicas.len() {
-                    if matches!(self.replicas[id].state, ReplicaState::Ready | ReplicaState::Draining)
-                    {
+                    if matches!(
+                        self.replicas[id].state,
+                        ReplicaState::Ready | ReplicaState::Draining
+                    ) {
                         let next = self.replicas[id].engine.sync(ev.t, false);
                         self.reschedule(id, next);
                         let r = &self.replicas[id];
@@ -452,14 +500,25 @@ impl Sim<'_> {
                             waiting: r.engine.num_waiting(),
                             kv_usage: r.engine.kv_usage(ev.t),
                         };
-                        self.view.record(ev.t, id, r.variant, r.engine.counters(), g);
+                        self.view
+                            .record(ev.t, id, r.variant, r.engine.counters(), g);
                     }
                 }
-                self.push(ev.t + self.scenario.observation.scrape_interval_s, Kind::Scrape, 0, 0);
+                self.push(
+                    ev.t + self.scenario.observation.scrape_interval_s,
+                    Kind::Scrape,
+                    0,
+                    0,
+                );
             }
             Kind::Autoscale => {
                 self.autoscale(ev.t);
-                self.push(ev.t + self.scenario.autoscale_interval_s, Kind::Autoscale, 0, 0);
+                self.push(
+                    ev.t + self.scenario.autoscale_interval_s,
+                    Kind::Autoscale,
+                    0,
+                    0,
+                );
             }
             Kind::Sample => {
                 self.sample(ev.t);
@@ -495,10 +554,10 @@ impl Sim<'_> {
         if let Some(ttft) = out.ttft_s() {
             self.ttfts_in_sample.push(ttft);
         }
-        if let Some(itl) = out.mean_itl_s() {
-            if out.output_tokens > 1 {
-                self.itls_in_sample.push(itl);
-            }
+        if let Some(itl) = out.mean_itl_s()
+            && out.output_tokens > 1
+        {
+            self.itls_in_sample.push(itl);
         }
     }
 
@@ -568,7 +627,11 @@ impl Sim<'_> {
                 startup_s: self.scenario.pools[p].startup_s,
             })
             .collect();
-        let view = ClusterView { now_s: now, variants, pools };
+        let view = ClusterView {
+            now_s: now,
+            variants,
+            pools,
+        };
         for d in self.autoscaler.decide(&view) {
             if d.variant < self.variants.len() {
                 self.apply_target(now, d.variant, d.replicas, &d.reason);
@@ -638,10 +701,13 @@ impl Sim<'_> {
     fn sample(&mut self, now: f64) {
         let ts = &mut self.ts;
         ts.t_s.push(now);
-        ts.arrival_rate.push(self.arrivals_in_sample as f64 / ts.interval_s);
+        ts.arrival_rate
+            .push(self.arrivals_in_sample as f64 / ts.interval_s);
         self.arrivals_in_sample = 0;
-        ts.ttft_p95_ms.push(percentile(&mut self.ttfts_in_sample, 0.95) * 1e3);
-        ts.itl_p95_ms.push(percentile(&mut self.itls_in_sample, 0.95) * 1e3);
+        ts.ttft_p95_ms
+            .push(percentile(&mut self.ttfts_in_sample, 0.95) * 1e3);
+        ts.itl_p95_ms
+            .push(percentile(&mut self.itls_in_sample, 0.95) * 1e3);
         self.ttfts_in_sample.clear();
         self.itls_in_sample.clear();
         let mut cost = 0.0;
@@ -660,7 +726,10 @@ impl Sim<'_> {
                 waiting += r.engine.num_waiting() as f64;
             }
             ts.replicas.entry(v.name.clone()).or_default().push(held);
-            ts.ready_replicas.entry(v.name.clone()).or_default().push(ready);
+            ts.ready_replicas
+                .entry(v.name.clone())
+                .or_default()
+                .push(ready);
         }
         ts.cost_per_hour.push(cost);
         ts.waiting.push(waiting);

@@ -47,12 +47,26 @@ pub struct PromView {
 impl PromView {
     /// A view whose queries see scrapes at least `lag_s` old, over `window_s`.
     pub fn new(lag_s: f64, window_s: f64) -> Self {
-        Self { lag_s, window_s, series: HashMap::new() }
+        Self {
+            lag_s,
+            window_s,
+            series: HashMap::new(),
+        }
     }
 
     /// Records a scrape of `replica` (of `variant`) at `t`.
-    pub fn record(&mut self, t: f64, replica: usize, variant: usize, c: &EngineCounters, g: Gauges) {
-        let entry = self.series.entry(replica).or_insert_with(|| (variant, VecDeque::new()));
+    pub fn record(
+        &mut self,
+        t: f64,
+        replica: usize,
+        variant: usize,
+        c: &EngineCounters,
+        g: Gauges,
+    ) {
+        let entry = self
+            .series
+            .entry(replica)
+            .or_insert_with(|| (variant, VecDeque::new()));
         entry.1.push_back(Scrape {
             t,
             finished: c.requests_finished,
@@ -96,8 +110,14 @@ impl PromView {
             if *v != variant {
                 continue;
             }
-            let Some(last) = scrapes.iter().rev().find(|s| s.t <= end_t) else { continue };
-            let first = scrapes.iter().rev().find(|s| s.t <= start_t).unwrap_or(&scrapes[0]);
+            let Some(last) = scrapes.iter().rev().find(|s| s.t <= end_t) else {
+                continue;
+            };
+            let first = scrapes
+                .iter()
+                .rev()
+                .find(|s| s.t <= start_t)
+                .unwrap_or(&scrapes[0]);
             load.replicas_reporting += 1;
             newest = newest.max(last.t);
             load.waiting += last.waiting;
@@ -163,7 +183,11 @@ mod tests {
     fn rates_and_quantiles_follow_the_window_and_lag() {
         let mut view = PromView::new(10.0, 60.0);
         let mut c = EngineCounters::new(4096);
-        let g = Gauges { running: 3, waiting: 1, kv_usage: 0.5 };
+        let g = Gauges {
+            running: 3,
+            waiting: 1,
+            kv_usage: 0.5,
+        };
         for step in 0..=12 {
             let t = step as f64 * 10.0;
             view.record(t, 0, 0, &c, g);
@@ -175,7 +199,11 @@ mod tests {
             }
         }
         let load = view.variant_load(120.0, 0).unwrap();
-        assert!((load.request_rate - 2.0).abs() < 1e-9, "{}", load.request_rate);
+        assert!(
+            (load.request_rate - 2.0).abs() < 1e-9,
+            "{}",
+            load.request_rate
+        );
         assert!((load.mean_prompt_tokens - 100.0).abs() < 1e-9);
         let p50 = load.ttft_p50_s.unwrap();
         assert!(p50 > 0.25 && p50 <= 0.5, "{p50}");

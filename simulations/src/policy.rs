@@ -149,12 +149,24 @@ mod tests {
     use super::*;
 
     fn view(replica: usize, running: usize, waiting: usize, kv: f64) -> ReplicaView {
-        ReplicaView { replica, variant: 0, running, waiting, kv_usage: kv, queued_prompt_tokens: 0 }
+        ReplicaView {
+            replica,
+            variant: 0,
+            running,
+            waiting,
+            kv_usage: kv,
+            queued_prompt_tokens: 0,
+        }
     }
 
     #[test]
     fn least_loaded_prefers_fewer_requests_then_less_kv() {
-        let req = RouteRequest { id: 0, input_tokens: 10, output_tokens: 10, hash_ids: &[] };
+        let req = RouteRequest {
+            id: 0,
+            input_tokens: 10,
+            output_tokens: 10,
+            hash_ids: &[],
+        };
         let c = [view(0, 3, 1, 0.1), view(1, 2, 0, 0.9), view(2, 2, 0, 0.5)];
         assert_eq!(LeastLoaded.pick(&req, &c), Some(2));
         let mut rr = RoundRobin::default();

@@ -30,19 +30,30 @@ pub enum RunError {
 /// Builds the scenario's workload; relative trace paths resolve from `base_dir`.
 pub fn load_workload(scenario: &Scenario, base_dir: &Path) -> Result<Workload, RunError> {
     let w = match &scenario.workload {
-        WorkloadSpec::Trace { path, rate_scale, max_duration_s } => {
+        WorkloadSpec::Trace {
+            path,
+            rate_scale,
+            max_duration_s,
+        } => {
             let p = Path::new(path);
-            let p = if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
+            let p = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            };
             let mut w = trace::load_trace(&p)?;
             if let Some(d) = max_duration_s {
-                w = transform::truncate(&w, *d).map_err(|e| RunError::Transform(e.to_string()))?;
+                w = transform::truncate(w, *d).map_err(|e| RunError::Transform(e.to_string()))?;
             }
             if let Some(f) = rate_scale {
-                w = transform::scale_rate(&w, *f).map_err(|e| RunError::Transform(e.to_string()))?;
+                w = transform::compress_time(w, *f)
+                    .map_err(|e| RunError::Transform(e.to_string()))?;
             }
             w
         }
-        WorkloadSpec::Generator(g) => g.generate().map_err(|e| RunError::Generate(e.to_string()))?,
+        WorkloadSpec::Generator(g) => g
+            .generate()
+            .map_err(|e| RunError::Generate(e.to_string()))?,
     };
     if w.requests.is_empty() {
         return Err(RunError::EmptyWorkload);
@@ -73,17 +84,34 @@ pub fn simulate(
         Some(a) => a,
         None => &mut fixed,
     };
-    let options = RunOptions { mode: mode.unwrap_or(scenario.mode), progress };
+    let options = RunOptions {
+        mode: mode.unwrap_or(scenario.mode),
+        progress,
+    };
     let started = Instant::now();
     let run = run_cluster(scenario, workload, router.as_mut(), autoscaler, &options)?;
     let wall = started.elapsed().as_secs_f64();
-    Ok(summarise(scenario, workload, &run, router.name(), autoscaler.name(), wall))
+    Ok(summarise(
+        scenario,
+        workload,
+        &run,
+        router.name(),
+        autoscaler.name(),
+        wall,
+    ))
 }
 
 fn pct(values: &mut [f64]) -> Percentiles {
     if values.is_empty() {
         let nan = f64::NAN;
-        return Percentiles { mean: nan, p50: nan, p90: nan, p95: nan, p99: nan, max: nan };
+        return Percentiles {
+            mean: nan,
+            p50: nan,
+            p90: nan,
+            p95: nan,
+            p99: nan,
+            max: nan,
+        };
     }
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     Percentiles {
@@ -127,7 +155,13 @@ pub fn summarise(
         itl_ok += i_ok as u64;
         ok += (t_ok && i_ok) as u64;
     }
-    let frac = |x: u64| if total > 0 { x as f64 / total as f64 } else { 0.0 };
+    let frac = |x: u64| {
+        if total > 0 {
+            x as f64 / total as f64
+        } else {
+            0.0
+        }
+    };
     let mut variants = Vec::new();
     let mut by_type: BTreeMap<String, f64> = BTreeMap::new();
     let (mut cost, mut hours) = (0.0, 0.0);
@@ -140,9 +174,14 @@ pub fn summarise(
         hours += acc_hours;
         *by_type.entry(v.accelerator.clone()).or_default() += acc_hours;
         let series = run.timeseries.replicas.get(&v.name);
-        let mean_replicas = if run.end_s > 0.0 { replica_hours * 3600.0 / run.end_s } else { 0.0 };
-        let max_replicas =
-            series.map_or(0.0, |s| s.iter().copied().fold(0.0, f64::max)).max(v.initial_replicas as f64);
+        let mean_replicas = if run.end_s > 0.0 {
+            replica_hours * 3600.0 / run.end_s
+        } else {
+            0.0
+        };
+        let max_replicas = series
+            .map_or(0.0, |s| s.iter().copied().fold(0.0, f64::max))
+            .max(v.initial_replicas as f64);
         variants.push(VariantStats {
             name: v.name.clone(),
             model: scenario.model.clone(),

@@ -17,7 +17,10 @@ use crate::workload::generate::GeneratorSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     #[error("cannot read scenario {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("scenario {path} is not valid YAML for a scenario: {message}")]
     Parse { path: String, message: String },
     #[error("scenario: {0}")]
@@ -117,7 +120,10 @@ pub struct KvTransferSpec {
 
 impl Default for KvTransferSpec {
     fn default() -> Self {
-        Self { setup_ms: 1.0, efficiency: 0.7 }
+        Self {
+            setup_ms: 1.0,
+            efficiency: 0.7,
+        }
     }
 }
 
@@ -135,7 +141,11 @@ pub struct ObservationSpec {
 
 impl Default for ObservationSpec {
     fn default() -> Self {
-        Self { scrape_interval_s: 15.0, lag_s: 15.0, window_s: 60.0 }
+        Self {
+            scrape_interval_s: 15.0,
+            lag_s: 15.0,
+            window_s: 60.0,
+        }
     }
 }
 
@@ -221,14 +231,18 @@ impl Scenario {
 
     /// Parses a scenario from YAML text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ScenarioError> {
-        serde_saphyr::from_str(text)
-            .map_err(|e| ScenarioError::Parse { path: origin.into(), message: e.to_string() })
+        serde_saphyr::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads a scenario file.
     pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScenarioError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_yaml(&text, &path.display().to_string())
     }
 
@@ -242,7 +256,11 @@ impl Scenario {
     }
 
     /// Engine limits of a variant: vLLM's defaults for its accelerator plus overrides.
-    pub fn engine_limits(&self, v: &VariantSpec, catalog: &Catalog) -> Result<EngineLimits, ScenarioError> {
+    pub fn engine_limits(
+        &self,
+        v: &VariantSpec,
+        catalog: &Catalog,
+    ) -> Result<EngineLimits, ScenarioError> {
         let acc = catalog.accelerator(&v.accelerator)?;
         let mut l = EngineLimits::vllm_defaults(acc);
         if let Some(x) = v.engine.max_num_seqs {
@@ -269,7 +287,10 @@ impl Scenario {
             return bad("slo.ttft_ms and slo.itl_ms must be positive".into());
         }
         if !(self.slo.percentile > 0.0 && self.slo.percentile <= 100.0) {
-            return bad(format!("slo.percentile must be in (0, 100], got {}", self.slo.percentile));
+            return bad(format!(
+                "slo.percentile must be in (0, 100], got {}",
+                self.slo.percentile
+            ));
         }
         if self.pools.is_empty() {
             return bad("pools: at least one pool is needed".into());
@@ -279,12 +300,15 @@ impl Scenario {
             if !(p.startup_s.is_finite() && p.startup_s >= 0.0) {
                 return bad(format!("pools[{i}].startup_s must be >= 0"));
             }
-            if let Some(price) = p.price_per_hour {
-                if !(price.is_finite() && price >= 0.0) {
-                    return bad(format!("pools[{i}].price_per_hour must be >= 0"));
-                }
+            if let Some(price) = p.price_per_hour
+                && !(price.is_finite() && price >= 0.0)
+            {
+                return bad(format!("pools[{i}].price_per_hour must be >= 0"));
             }
-            if self.pools[..i].iter().any(|q| q.accelerator == p.accelerator) {
+            if self.pools[..i]
+                .iter()
+                .any(|q| q.accelerator == p.accelerator)
+            {
                 return bad(format!("pools[{i}]: a second pool of `{}`", p.accelerator));
             }
         }
@@ -304,14 +328,18 @@ impl Scenario {
                 return bad(format!("{at}: tp must be a power of two, got {}", v.tp));
             }
             if v.min_replicas > v.max_replicas || v.replicas > v.max_replicas {
-                return bad(format!("{at}: need min_replicas <= replicas <= max_replicas"));
+                return bad(format!(
+                    "{at}: need min_replicas <= replicas <= max_replicas"
+                ));
             }
             let limits = self.engine_limits(v, catalog)?;
             if limits.max_num_seqs == 0 || limits.max_num_batched_tokens == 0 {
                 return bad(format!("{at}: engine limits must be positive"));
             }
             if !(limits.gpu_memory_utilization > 0.0 && limits.gpu_memory_utilization <= 1.0) {
-                return bad(format!("{at}: engine.gpu_memory_utilization must be in (0, 1]"));
+                return bad(format!(
+                    "{at}: engine.gpu_memory_utilization must be in (0, 1]"
+                ));
             }
             let acc = catalog.accelerator(&v.accelerator)?;
             let kv = goodput_core::perf::kv_capacity_tokens(model, acc, v.tp, &limits);
@@ -332,7 +360,10 @@ impl Scenario {
         for (name, x) in [
             ("drain_s", self.drain_s),
             ("autoscale_interval_s", self.autoscale_interval_s),
-            ("observation.scrape_interval_s", self.observation.scrape_interval_s),
+            (
+                "observation.scrape_interval_s",
+                self.observation.scrape_interval_s,
+            ),
             ("observation.window_s", self.observation.window_s),
             ("kv_transfer.efficiency", self.kv_transfer.efficiency),
         ] {
@@ -343,10 +374,15 @@ impl Scenario {
         if !(self.observation.lag_s >= 0.0 && self.kv_transfer.setup_ms >= 0.0)
             || self.sample_interval_s < 0.0
         {
-            return bad("observation.lag_s, kv_transfer.setup_ms and sample_interval_s must be >= 0".into());
+            return bad(
+                "observation.lag_s, kv_transfer.setup_ms and sample_interval_s must be >= 0".into(),
+            );
         }
         if !matches!(self.router.as_str(), "round-robin" | "least-loaded") {
-            return bad(format!("router `{}` is unknown (round-robin, least-loaded)", self.router));
+            return bad(format!(
+                "router `{}` is unknown (round-robin, least-loaded)",
+                self.router
+            ));
         }
         Ok(())
     }

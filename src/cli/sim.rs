@@ -94,7 +94,11 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             max_duration_s: None,
         };
     }
-    let base = if args.trace.is_some() { PathBuf::from(".") } else { base };
+    let base = if args.trace.is_some() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
     if args.policy != "fixed" {
         anyhow::bail!("unknown --policy `{}` (available: fixed)", args.policy);
     }
@@ -123,12 +127,15 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     std::fs::write(&page, html::render_html(&report))
         .with_context(|| format!("cannot write {}", page.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.requests)?);
+        super::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
     } else {
-        print!("{}", table::summary_table(&report));
-        println!("wrote {} and {}", summary.display(), page.display());
+        super::emit(&format!(
+            "{}wrote {} and {}\n",
+            table::summary_table(&report),
+            summary.display(),
+            page.display()
+        ))
     }
-    Ok(())
 }
 
 fn indicatif_bar() -> goodput_sim::ProgressBar {
@@ -138,8 +145,11 @@ fn indicatif_bar() -> goodput_sim::ProgressBar {
 fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let mut catalog = Catalog::builtin();
     if let Some(p) = &args.catalog {
-        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        catalog.extend_from_yaml(&text).with_context(|| format!("in {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        catalog
+            .extend_from_yaml(&text)
+            .with_context(|| format!("in {}", p.display()))?;
     }
     let p = goodput_sim::profile::profile(
         &catalog,
@@ -151,12 +161,22 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         None,
     )?;
     if args.json {
-        println!("{}", serde_json::json!({"prefill_ms": p.prefill_ms, "decode_ms": p.decode_ms}));
+        println!(
+            "{}",
+            serde_json::json!({"prefill_ms": p.prefill_ms, "decode_ms": p.decode_ms})
+        );
     } else {
         println!(
             "{} on {} x {}, batch {} x {} tokens\n  prefill  {:>10.2} ms  ({} steps)\n  decode   {:>10.2} ms  per iteration\n  KV cache {:>10} tokens per replica",
-            args.model, args.tp, args.accelerator, args.batch, args.prompt, p.prefill_ms,
-            p.prefill_steps, p.decode_ms, p.kv_capacity_tokens
+            args.model,
+            args.tp,
+            args.accelerator,
+            args.batch,
+            args.prompt,
+            p.prefill_ms,
+            p.prefill_steps,
+            p.decode_ms,
+            p.kv_capacity_tokens
         );
     }
     Ok(())

@@ -57,9 +57,18 @@ impl KvCache {
         self.total - self.used
     }
 
+    /// Blocks that can be allocated without evicting a cached prefix block.
+    pub fn clean_blocks(&self) -> u64 {
+        self.total - self.used - self.lru.len() as u64
+    }
+
     /// `vllm:kv_cache_usage_perc`: used blocks over total.
     pub fn usage(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.used as f64 / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.used as f64 / self.total as f64
+        }
     }
 
     /// How many leading `keys` are cached, and how many of those are evictable (taking them
@@ -109,7 +118,9 @@ impl KvCache {
         let clean = self.total - self.used - self.lru.len() as u64;
         let mut evict = n.saturating_sub(clean);
         while evict > 0 {
-            let Some((&seq, &key)) = self.lru.iter().next() else { break };
+            let Some((&seq, &key)) = self.lru.iter().next() else {
+                break;
+            };
             self.lru.remove(&seq);
             self.cached.remove(&key);
             evict -= 1;

@@ -109,9 +109,19 @@ impl Seq {
 #[derive(Debug, Clone)]
 enum InFlight {
     /// One step: the scheduled sequences with their new tokens.
-    Step { start: f64, end: f64, scheduled: Vec<(usize, u64)>, prefill: bool },
+    Step {
+        start: f64,
+        end: f64,
+        scheduled: Vec<(usize, u64)>,
+        prefill: bool,
+    },
     /// `steps` decode steps of every running sequence, starting at `start`.
-    DecodeRun { start: f64, steps: u64, context_sum: f64, first_step_allocated: bool },
+    DecodeRun {
+        start: f64,
+        steps: u64,
+        context_sum: f64,
+        first_step_allocated: bool,
+    },
 }
 
 /// One replica's vLLM engine.
@@ -181,8 +191,12 @@ impl Engine {
             return 0.0;
         }
         let mut used = self.kv.used_blocks();
-        if let Some(InFlight::DecodeRun { start, steps, context_sum, first_step_allocated }) =
-            &self.in_flight
+        if let Some(InFlight::DecodeRun {
+            start,
+            steps,
+            context_sum,
+            first_step_allocated,
+        }) = &self.in_flight
         {
             let done = self.completed_run_steps(*start, *steps, *context_sum, t);
             // Blocks covering every step started by t (the one in progress included).
@@ -212,9 +226,12 @@ impl Engine {
         match &self.in_flight {
             None => None,
             Some(InFlight::Step { end, .. }) => Some(*end),
-            Some(InFlight::DecodeRun { start, steps, context_sum, .. }) => {
-                Some(start + self.run_time(*context_sum, *steps))
-            }
+            Some(InFlight::DecodeRun {
+                start,
+                steps,
+                context_sum,
+                ..
+            }) => Some(start + self.run_time(*context_sum, *steps)),
         }
     }
 
@@ -235,7 +252,11 @@ impl Engine {
                 rejected: true,
             });
         }
-        let computed = if req.kv_transferred { req.prompt_tokens as u64 - 1 } else { 0 };
+        let computed = if req.kv_transferred {
+            req.prompt_tokens as u64 - 1
+        } else {
+            0
+        };
         let seq = Seq {
             req,
             arrival_s: now,
@@ -275,12 +296,18 @@ impl Engine {
     /// now is scheduled where a step-by-step engine would schedule it. Returns the (possibly new)
     /// end of the work in flight.
     pub fn sync(&mut self, t: f64, truncate: bool) -> Option<f64> {
-        let Some(InFlight::DecodeRun { start, steps, context_sum, first_step_allocated }) =
-            self.in_flight.clone()
+        let Some(InFlight::DecodeRun {
+            start,
+            steps,
+            context_sum,
+            first_step_allocated,
+        }) = self.in_flight.clone()
         else {
             return self.next_event();
         };
-        let done = self.completed_run_steps(start, steps, context_sum, t).min(steps - 1);
+        let done = self
+            .completed_run_steps(start, steps, context_sum, t)
+            .min(steps - 1);
         if done == 0 && !truncate {
             return self.next_event();
         }
@@ -319,10 +346,20 @@ impl Engine {
         let mut finished = Vec::new();
         match self.in_flight.take() {
             None => {}
-            Some(InFlight::Step { start, end, scheduled, prefill }) => {
+            Some(InFlight::Step {
+                start,
+                end,
+                scheduled,
+                prefill,
+            }) => {
                 self.apply_step(start, end, &scheduled, prefill, &mut finished);
             }
-            Some(InFlight::DecodeRun { start, steps, context_sum, first_step_allocated }) => {
+            Some(InFlight::DecodeRun {
+                start,
+                steps,
+                context_sum,
+                first_step_allocated,
+            }) => {
                 self.apply_decode_steps(start, context_sum, steps, first_step_allocated);
                 self.collect_finished(start + self.run_time(context_sum, steps), &mut finished);
             }
@@ -332,7 +369,9 @@ impl Engine {
     }
 
     fn run_time(&self, context_sum: f64, steps: u64) -> f64 {
-        self.params.cost.decode_run_time(self.running.len() as f64, context_sum, steps)
+        self.params
+            .cost
+            .decode_run_time(self.running.len() as f64, context_sum, steps)
     }
 
     /// Steps of a run completed by time `t` (boundary <= t).
@@ -365,7 +404,10 @@ impl Engine {
         self.running
             .iter()
             .filter_map(|&i| self.seqs[i].as_ref())
-            .map(|s| self.blocks_for(s.computed + steps).saturating_sub(s.blocks()))
+            .map(|s| {
+                self.blocks_for(s.computed + steps)
+                    .saturating_sub(s.blocks())
+            })
             .sum()
     }
 
@@ -375,16 +417,21 @@ impl Engine {
             .iter()
             .filter_map(|&i| {
                 self.seqs[i].as_ref().map(|s| {
-                    (i, self.blocks_for(s.computed + steps).saturating_sub(s.blocks()))
+                    (
+                        i,
+                        self.blocks_for(s.computed + steps)
+                            .saturating_sub(s.blocks()),
+                    )
                 })
             })
             .collect();
         let _ = first_step_allocated;
         for (i, n) in need {
-            if n > 0 && self.kv.allocate(n) {
-                if let Some(s) = self.seqs[i].as_mut() {
-                    s.private += n;
-                }
+            if n > 0
+                && self.kv.allocate(n)
+                && let Some(s) = self.seqs[i].as_mut()
+            {
+                s.private += n;
             }
         }
     }
@@ -439,7 +486,9 @@ impl Engine {
         let bs = self.block_size;
         for &(i, new) in scheduled {
             tokens += new;
-            let Some(s) = self.seqs[i].as_mut() else { continue };
+            let Some(s) = self.seqs[i].as_mut() else {
+                continue;
+            };
             let before = s.computed;
             s.computed += new;
             // Register newly completed full prompt blocks for prefix caching.
@@ -447,7 +496,9 @@ impl Engine {
             let first_block = before.min(prompt) / bs;
             let last_block = s.computed.min(prompt) / bs;
             for blk in first_block.max(s.keys.len() as u64)..last_block {
-                let Some(key) = block_key(&s.req, blk, bs) else { break };
+                let Some(key) = block_key(&s.req, blk, bs) else {
+                    break;
+                };
                 if s.private == 0 || s.keys.len() as u64 != blk {
                     break;
                 }
@@ -490,7 +541,9 @@ impl Engine {
                 continue;
             }
             self.running.remove(i);
-            let Some(s) = self.seqs[slot].take() else { continue };
+            let Some(s) = self.seqs[slot].take() else {
+                continue;
+            };
             self.free_slots.push(slot);
             self.kv.release(&s.keys, s.private);
             let c = &mut self.counters;
@@ -565,7 +618,9 @@ impl Engine {
             }
             // Out of blocks: preempt the tail (possibly this request itself) and retry.
             preempted = true;
-            let Some(victim) = self.running.pop() else { break };
+            let Some(victim) = self.running.pop() else {
+                break;
+            };
             if let Some(pos) = scheduled.iter().position(|(s, _)| *s == victim) {
                 // A victim scheduled earlier in this step gives back its tokens.
                 let (_, tokens) = scheduled.remove(pos);
@@ -591,24 +646,31 @@ impl Engine {
                 // Prefix hits, capped below the prompt length (the last token is recomputed).
                 let (hit_keys, evictable_hits) = if s.computed == 0 {
                     let cap = (prompt.saturating_sub(1)) / bs;
-                    let keys: Vec<u64> =
-                        (0..cap).map_while(|b| block_key(&s.req, b, bs)).collect();
+                    let keys: Vec<u64> = (0..cap).map_while(|b| block_key(&s.req, b, bs)).collect();
                     let (hit, evictable) = self.kv.probe(&keys);
                     (keys[..hit].to_vec(), evictable)
                 } else {
                     (Vec::new(), 0)
                 };
-                let computed = if s.computed == 0 { hit_keys.len() as u64 * bs } else { s.computed };
+                let computed = if s.computed == 0 {
+                    hit_keys.len() as u64 * bs
+                } else {
+                    s.computed
+                };
                 let new = (s.total_len() - computed).min(budget);
                 let already = if s.computed == 0 { 0 } else { s.blocks() };
-                let need = self.blocks_for(computed + new).saturating_sub(hit_keys.len() as u64 + already);
+                let need = self
+                    .blocks_for(computed + new)
+                    .saturating_sub(hit_keys.len() as u64 + already);
                 if need + evictable_hits > self.kv.available_blocks() {
                     break;
                 }
                 self.kv.acquire(&hit_keys);
                 self.kv.allocate(need);
                 self.waiting.pop_front();
-                let Some(s) = self.seqs[slot].as_mut() else { continue };
+                let Some(s) = self.seqs[slot].as_mut() else {
+                    continue;
+                };
                 if s.computed == 0 {
                     self.counters.prefix_queries += prompt;
                     self.counters.prefix_hits += hit_keys.len() as u64 * bs;
@@ -645,7 +707,11 @@ impl Engine {
                 .running
                 .iter()
                 .filter_map(|&i| self.seqs[i].as_ref())
-                .map(|s| (s.req.output_tokens as u64).saturating_sub(s.generated).max(1))
+                .map(|s| {
+                    (s.req.output_tokens as u64)
+                        .saturating_sub(s.generated)
+                        .max(1)
+                })
                 .min()
                 .unwrap_or(1);
             let steps = self.max_run_steps(until_finish);
@@ -660,13 +726,29 @@ impl Engine {
             }
         }
         let duration = self.params.cost.step_time(&work);
-        self.in_flight =
-            Some(InFlight::Step { start: now, end: now + duration, scheduled, prefill: work.has_prefill });
+        self.in_flight = Some(InFlight::Step {
+            start: now,
+            end: now + duration,
+            scheduled,
+            prefill: work.has_prefill,
+        });
     }
 
     /// The longest run (at most `limit` steps) whose blocks fit in the free pool.
+    ///
+    /// With requests waiting, the run must not evict cached blocks either: an eviction can remove
+    /// prefix hits of the request at the head of the queue, and when its first chunk is capped by
+    /// the token budget that *lowers* what its admission needs, so a step-by-step engine could
+    /// admit it mid-run.
     fn max_run_steps(&self, limit: u64) -> u64 {
-        let available = self.kv.available_blocks();
+        let available = if self.waiting.is_empty() {
+            self.kv.available_blocks()
+        } else {
+            self.kv.clean_blocks()
+        };
+        if self.run_blocks_needed(1, true) > available {
+            return 1;
+        }
         if self.run_blocks_needed(limit, true) <= available {
             return limit;
         }

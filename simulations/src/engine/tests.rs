@@ -174,3 +174,73 @@ fn event_jumping_and_step_by_step_agree_on_a_mixed_batch() {
     assert_eq!(ca.itl.count(), cb.itl.count());
     assert!((ca.itl.sum() - cb.itl.sum()).abs() / ca.itl.sum() < 1e-9);
 }
+
+#[test]
+fn modes_agree_with_prefix_caching_kv_pressure_and_arrivals() {
+    let run = |mode| {
+        // A small token budget caps admissions' first chunks, the case where evicting a
+        // queued request's cached prefix makes it admissible sooner.
+        let mut p = params(mode, Some(16 * 800));
+        p.limits.max_num_batched_tokens = 1024;
+        let mut e = Engine::new(p);
+        let mut arrivals: Vec<(f64, EngineRequest)> = (0..120u64)
+            .map(|i| {
+                let ids: Vec<u64> = (0..6)
+                    .map(|b| if b < 2 { i % 5 } else { 1000 + i * 10 + b })
+                    .collect();
+                (
+                    i as f64 * 0.37,
+                    req(
+                        i,
+                        1500 + (i as u32 * 97) % 1400,
+                        30 + (i as u32 * 53) % 400,
+                        &ids,
+                    ),
+                )
+            })
+            .collect();
+        arrivals.reverse();
+        let mut out = Vec::new();
+        let mut next = e.kick(0.0);
+        loop {
+            let a = arrivals.last().map(|x| x.0);
+            match (a, next) {
+                (Some(ta), Some(te)) if ta < te => {
+                    let (_, r) = arrivals.pop().unwrap();
+                    if ta > 17.5 && ta < 18.2 {
+                        eprintln!("{:?} arrival {ta} id={}", mode, r.id);
+                    }
+                    e.sync(ta, true);
+                    e.enqueue(ta, r);
+                    next = e.kick(ta);
+                }
+                (Some(ta), None) => {
+                    let (_, r) = arrivals.pop().unwrap();
+                    e.enqueue(ta, r);
+                    next = e.kick(ta);
+                }
+                (_, Some(te)) => {
+                    out.extend(e.advance(te));
+                    next = e.next_event();
+                }
+                (None, None) => break,
+            }
+        }
+        out.sort_by_key(|f| f.id);
+        (out, e.steps(), e.counters().clone())
+    };
+    let (a, steps_a, ca) = run(StepMode::StepByStep);
+    let (b, steps_b, cb) = run(StepMode::EventJumping);
+    assert_eq!(a.len(), 120);
+    assert!(
+        ca.preemptions > 0 && ca.prefix_hits > 0,
+        "{} {}",
+        ca.preemptions,
+        ca.prefix_hits
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x.finish_s - y.finish_s).abs() < 1e-6, "{x:?} {y:?}");
+    }
+    assert_eq!(steps_a, steps_b);
+    assert_eq!(ca.preemptions, cb.preemptions);
+}

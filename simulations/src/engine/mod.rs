@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use goodput_core::{EngineLimits, Role, StepCost, StepWork};
 
 pub use counters::EngineCounters;
+
 use kv::KvCache;
 
 /// How the engine advances time.
@@ -61,6 +62,17 @@ pub struct EngineRequest {
     pub hash_block_tokens: u32,
     /// The prompt's KV arrives computed from a prefill replica (decode role).
     pub kv_transferred: bool,
+}
+
+/// Tokens a request produced, reported when the step (or decode run) that produced them is
+/// applied: a live server streams them, a load generator times them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenEvent {
+    pub id: u64,
+    /// Tokens generated so far by this request (1 for the first token).
+    pub generated: u32,
+    /// When the last of those tokens was produced.
+    pub t: f64,
 }
 
 /// A request that left the engine.
@@ -138,6 +150,8 @@ pub struct Engine {
     in_flight: Option<InFlight>,
     counters: EngineCounters,
     steps: u64,
+    /// Token events since the last `take_emitted`, when recording is on.
+    emitted: Option<Vec<TokenEvent>>,
 }
 
 impl Engine {
@@ -156,7 +170,26 @@ impl Engine {
             waiting: VecDeque::new(),
             in_flight: None,
             steps: 0,
+            emitted: None,
         }
+    }
+
+    /// Starts recording [`TokenEvent`]s (off by default: the simulator does not need them).
+    pub fn record_tokens(&mut self) {
+        self.emitted.get_or_insert_with(Vec::new);
+    }
+
+    /// Token events recorded since the last call.
+    pub fn take_emitted(&mut self) -> Vec<TokenEvent> {
+        self.emitted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The engine's static parameters.
+    pub fn params(&self) -> &EngineParams {
+        &self.params
     }
 
     /// Cumulative metrics.
@@ -459,6 +492,13 @@ impl Engine {
                 s.computed += n;
                 s.generated += n;
                 s.last_token_s = end;
+                if let Some(events) = self.emitted.as_mut() {
+                    events.push(TokenEvent {
+                        id: s.req.id,
+                        generated: s.generated as u32,
+                        t: end,
+                    });
+                }
             }
         }
         let b = self.running.len() as u64;
@@ -521,6 +561,13 @@ impl Engine {
                     Some(_) => self.counters.itl.observe(end - s.last_token_s),
                 }
                 s.last_token_s = end;
+                if let Some(events) = self.emitted.as_mut() {
+                    events.push(TokenEvent {
+                        id: s.req.id,
+                        generated: s.generated as u32,
+                        t: end,
+                    });
+                }
             }
         }
         self.counters.iteration_tokens.observe(tokens as f64);

@@ -1,6 +1,8 @@
 //! The `goodput sim` command line as users and CI call it: the built-in run writes its report,
 //! traces replay, bad input fails with one line naming the file and line, `profile` prints JSON.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

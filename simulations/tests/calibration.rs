@@ -4,6 +4,8 @@
 //! within 10 % for prefill and for decode, overall and for every (accelerator, TP)
 //! configuration. Run with `--nocapture` to see the table that docs/simulator.md reproduces.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

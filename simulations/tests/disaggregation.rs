@@ -2,6 +2,8 @@
 //! decode replica after a transfer delay from its size and the link, and the decode replica
 //! produces every output token.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use goodput_core::Catalog;
 use goodput_core::perf::kv_transfer_time;
 use goodput_sim::cluster::{RunOptions, run_cluster};
@@ -44,10 +46,23 @@ fn workload(n: u64, gap_s: f64) -> Workload {
 fn isolated_requests_pay_prefill_plus_kv_transfer_before_the_first_token() {
     let scenario = Scenario::from_yaml(PD, "pd").unwrap();
     let w = workload(5, 30.0);
-    let options = RunOptions { mode: StepMode::EventJumping, progress: None };
-    let run = run_cluster(&scenario, &w, &mut LeastLoaded, &mut FixedReplicas, &options).unwrap();
+    let options = RunOptions {
+        mode: StepMode::EventJumping,
+        progress: None,
+    };
+    let run = run_cluster(
+        &scenario,
+        &w,
+        &mut LeastLoaded,
+        &mut FixedReplicas,
+        &options,
+    )
+    .unwrap();
     let c = Catalog::builtin();
-    let (m, h100) = (c.model("llama-3.1-70b").unwrap(), c.accelerator("h100").unwrap());
+    let (m, h100) = (
+        c.model("llama-3.1-70b").unwrap(),
+        c.accelerator("h100").unwrap(),
+    );
     let transfer = kv_transfer_time(m, h100, 4, 4096, 1e-3, 0.7);
     // 4096 tokens x 320 KiB / 4 ranks over 400 Gb/s at 70 %: about 7.5 ms plus setup.
     assert!((0.005..0.02).contains(&transfer), "{transfer}");
@@ -58,15 +73,24 @@ fn isolated_requests_pay_prefill_plus_kv_transfer_before_the_first_token() {
         let ttft = o.ttft_s().unwrap();
         // prefill + transfer + the decode replica's first step (one token, ~30 ms)
         let floor = p.prefill_ms / 1e3 + transfer;
-        assert!(ttft > floor && ttft < floor + 0.1, "ttft {ttft} vs floor {floor}");
+        assert!(
+            ttft > floor && ttft < floor + 0.1,
+            "ttft {ttft} vs floor {floor}"
+        );
     }
     assert_eq!(run.served_per_variant, vec![5, 5]);
 }
 
 #[test]
 fn prefill_and_decode_must_come_together() {
-    let text = PD.replace("  - { name: decode, accelerator: h100, tp: 4, role: decode, replicas: 1 }\n", "");
+    let text = PD.replace(
+        "  - { name: decode, accelerator: h100, tp: 4, role: decode, replicas: 1 }\n",
+        "",
+    );
     let scenario = Scenario::from_yaml(&text, "pd").unwrap();
-    let err = scenario.validate(&scenario.catalog().unwrap()).unwrap_err().to_string();
+    let err = scenario
+        .validate(&scenario.catalog().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("prefill and decode"), "{err}");
 }

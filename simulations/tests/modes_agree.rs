@@ -2,6 +2,8 @@
 //! event-jumping and step-by-step modes gives every request the same TTFT and end-to-end latency
 //! (within 1 %, in practice to rounding), on a smooth chat trace and on a prefix-heavy one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use goodput_sim::cluster::{RunOptions, run_cluster};

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (idempotently), then
+# runs formatting and lint checks and every test in the workspace with one build profile.
+# CI calls exactly this (.ci/run). Data sets are read from ../shared/data (override with
+# GOODPUT_SHARED_DATA); a missing tool or data file fails loudly, never skips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export GOODPUT_SHARED_DATA="${GOODPUT_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+command -v cargo >/dev/null || { echo "cargo is required (rustup toolchain)"; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy
+command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc; }
+[ -d "$GOODPUT_SHARED_DATA" ] || { echo "data directory $GOODPUT_SHARED_DATA is missing"; exit 1; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "dependency graph"
+# One rustls crypto provider only (two panic at run time); see docs/development.md.
+if cargo tree --workspace --all-features -i ring -e normal 2>/dev/null | grep -q .; then
+  echo "ring is in the dependency graph"; exit 1
+fi
+
+step "tests"
+cargo test --workspace --all-features --no-fail-fast

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use goodput_core::catalog::EngineLimits;
 use goodput_core::perf::{StackOverheads, kv_capacity_tokens, kv_transfer_time};
-use goodput_core::{Role, Slo, StepCost};
+use goodput_core::{Role, StepCost};
 
 use crate::engine::{Engine, EngineParams, EngineRequest, Finished, StepMode};
 use crate::observe::{Gauges, PromView};
@@ -60,7 +60,6 @@ struct Replica {
     /// Engine event currently queued (time, epoch).
     queued: Option<f64>,
     epoch: u64,
-    served: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -203,7 +202,6 @@ pub fn resolve_variants(
 
 struct Sim<'a> {
     scenario: &'a Scenario,
-    slo: Slo,
     variants: Vec<Variant>,
     replicas: Vec<Replica>,
     heap: BinaryHeap<Event>,
@@ -245,7 +243,6 @@ pub fn run_cluster(
     let n = variants.len();
     let mut sim = Sim {
         scenario,
-        slo: scenario.slo,
         targets: variants.iter().map(|v| v.initial_replicas).collect(),
         variants,
         replicas: Vec::new(),
@@ -376,7 +373,6 @@ impl Sim<'_> {
             stopped_s: None,
             queued: None,
             epoch: 0,
-            served: 0,
         });
         if !ready {
             self.push(now + startup, Kind::ReplicaReady, id, 0);
@@ -452,7 +448,6 @@ impl Sim<'_> {
             kv_transferred: after_handoff,
         };
         let r = &mut self.replicas[id];
-        r.served += 1;
         self.served[variant] += 1;
         r.engine.sync(now, true);
         if let Some(rejected) = r.engine.enqueue(now, engine_req) {
@@ -746,9 +741,7 @@ impl Sim<'_> {
             ph += c.prefix_hits;
             pre += c.preemptions;
             spans.push((r.variant, r.created_s, r.stopped_s.unwrap_or(end).min(end)));
-            let _ = r.served;
         }
-        let _ = self.slo;
         ClusterRun {
             outcomes: self.outcomes,
             variants: self.variants,

@@ -120,19 +120,18 @@ impl Seq {
 /// What is executing on the device.
 #[derive(Debug, Clone)]
 enum InFlight {
-    /// One step: the scheduled sequences with their new tokens.
+    /// One step ending at `end`: the scheduled sequences with their new tokens.
     Step {
-        start: f64,
         end: f64,
         scheduled: Vec<(usize, u64)>,
-        prefill: bool,
     },
-    /// `steps` decode steps of every running sequence, starting at `start`.
+    /// `steps` decode steps of every running sequence, starting at `start`, whose contexts sum
+    /// to `context_sum` at the first step. The first step's blocks are allocated; later steps'
+    /// blocks are allocated when the run is applied.
     DecodeRun {
         start: f64,
         steps: u64,
         context_sum: f64,
-        first_step_allocated: bool,
     },
 }
 
@@ -228,13 +227,12 @@ impl Engine {
             start,
             steps,
             context_sum,
-            first_step_allocated,
         }) = &self.in_flight
         {
             let done = self.completed_run_steps(*start, *steps, *context_sum, t);
             // Blocks covering every step started by t (the one in progress included).
             let started = (done + 1).min(*steps);
-            let extra = self.run_blocks_needed(started, *first_step_allocated);
+            let extra = self.run_blocks_needed(started);
             used += extra;
         }
         used as f64 / total as f64
@@ -333,7 +331,6 @@ impl Engine {
             start,
             steps,
             context_sum,
-            first_step_allocated,
         }) = self.in_flight.clone()
         else {
             return self.next_event();
@@ -346,30 +343,20 @@ impl Engine {
         }
         let batch = self.running.len() as f64;
         if done > 0 {
-            self.apply_decode_steps(start, context_sum, done, first_step_allocated);
+            self.apply_decode_steps(start, context_sum, done);
         }
         let new_start = start + self.run_time(context_sum, done);
         let new_ctx = context_sum + batch * done as f64;
         let remaining = steps - done;
-        let allocated = first_step_allocated || done > 0;
-        if truncate && remaining > 1 {
-            // The step in progress keeps running as a run of one; its blocks are allocated now,
-            // as a step-by-step engine allocated them when the step started.
-            self.allocate_run_blocks(1, allocated);
-            self.in_flight = Some(InFlight::DecodeRun {
-                start: new_start,
-                steps: 1,
-                context_sum: new_ctx,
-                first_step_allocated: true,
-            });
-        } else {
-            self.in_flight = Some(InFlight::DecodeRun {
-                start: new_start,
-                steps: remaining,
-                context_sum: new_ctx,
-                first_step_allocated: allocated,
-            });
-        }
+        // The step in progress has its blocks, as a step-by-step engine allocated them when the
+        // step started.
+        self.allocate_run_blocks(1);
+        let steps = if truncate { 1 } else { remaining };
+        self.in_flight = Some(InFlight::DecodeRun {
+            start: new_start,
+            steps,
+            context_sum: new_ctx,
+        });
         self.next_event()
     }
 
@@ -379,21 +366,15 @@ impl Engine {
         let mut finished = Vec::new();
         match self.in_flight.take() {
             None => {}
-            Some(InFlight::Step {
-                start,
-                end,
-                scheduled,
-                prefill,
-            }) => {
-                self.apply_step(start, end, &scheduled, prefill, &mut finished);
+            Some(InFlight::Step { end, scheduled }) => {
+                self.apply_step(end, &scheduled, &mut finished);
             }
             Some(InFlight::DecodeRun {
                 start,
                 steps,
                 context_sum,
-                first_step_allocated,
             }) => {
-                self.apply_decode_steps(start, context_sum, steps, first_step_allocated);
+                self.apply_decode_steps(start, context_sum, steps);
                 self.collect_finished(start + self.run_time(context_sum, steps), &mut finished);
             }
         }
@@ -429,11 +410,10 @@ impl Engine {
     }
 
     /// Extra blocks the running batch needs to cover `steps` decode steps from now.
-    fn run_blocks_needed(&self, steps: u64, first_step_allocated: bool) -> u64 {
+    fn run_blocks_needed(&self, steps: u64) -> u64 {
         if steps == 0 {
             return 0;
         }
-        let _ = first_step_allocated; // blocks already held are subtracted below either way
         self.running
             .iter()
             .filter_map(|&i| self.seqs[i].as_ref())
@@ -444,7 +424,7 @@ impl Engine {
             .sum()
     }
 
-    fn allocate_run_blocks(&mut self, steps: u64, first_step_allocated: bool) {
+    fn allocate_run_blocks(&mut self, steps: u64) {
         let need: Vec<(usize, u64)> = self
             .running
             .iter()
@@ -458,7 +438,6 @@ impl Engine {
                 })
             })
             .collect();
-        let _ = first_step_allocated;
         for (i, n) in need {
             if n > 0
                 && self.kv.allocate(n)
@@ -471,11 +450,11 @@ impl Engine {
 
     /// Applies `n` decode steps of a run that started at `start`: every running sequence gains
     /// `n` tokens, emitted at the step boundaries.
-    fn apply_decode_steps(&mut self, start: f64, context_sum: f64, n: u64, allocated: bool) {
+    fn apply_decode_steps(&mut self, start: f64, context_sum: f64, n: u64) {
         if n == 0 {
             return;
         }
-        self.allocate_run_blocks(n, allocated);
+        self.allocate_run_blocks(n);
         let batch = self.running.len() as f64;
         let cost = self.params.cost;
         let first_boundary = start + cost.decode_step_time(batch, context_sum, 0);
@@ -513,15 +492,7 @@ impl Engine {
     }
 
     /// Applies one executed step.
-    fn apply_step(
-        &mut self,
-        start: f64,
-        end: f64,
-        scheduled: &[(usize, u64)],
-        _prefill: bool,
-        finished: &mut Vec<Finished>,
-    ) {
-        let _ = start;
+    fn apply_step(&mut self, end: f64, scheduled: &[(usize, u64)], finished: &mut Vec<Finished>) {
         let mut tokens = 0u64;
         let bs = self.block_size;
         for &(i, new) in scheduled {
@@ -767,17 +738,14 @@ impl Engine {
                     start: now,
                     steps,
                     context_sum,
-                    first_step_allocated: true,
                 });
                 return;
             }
         }
         let duration = self.params.cost.step_time(&work);
         self.in_flight = Some(InFlight::Step {
-            start: now,
             end: now + duration,
             scheduled,
-            prefill: work.has_prefill,
         });
     }
 
@@ -793,16 +761,16 @@ impl Engine {
         } else {
             self.kv.clean_blocks()
         };
-        if self.run_blocks_needed(1, true) > available {
+        if self.run_blocks_needed(1) > available {
             return 1;
         }
-        if self.run_blocks_needed(limit, true) <= available {
+        if self.run_blocks_needed(limit) <= available {
             return limit;
         }
         let (mut lo, mut hi) = (1u64, limit);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            if self.run_blocks_needed(mid, true) <= available {
+            if self.run_blocks_needed(mid) <= available {
                 lo = mid;
             } else {
                 hi = mid - 1;

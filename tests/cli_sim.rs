@@ -56,6 +56,14 @@ fn builtin_run_prints_a_summary_and_writes_the_report() {
     assert!(summary["cost_usd"].as_f64().unwrap() > 0.0);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("h100-tp1"));
+    // One row per request, with its latencies and whether it met the SLO.
+    let csv = std::fs::read_to_string(out.join("requests.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("id,arrival_s,ttft_ms,itl_ms,e2e_ms"));
+    assert_eq!(rows.len() as u64, total + 1);
+    let met = rows[1..].iter().filter(|r| r.contains(",true,")).count() as f64;
+    let attainment = summary["requests"]["slo_attainment"].as_f64().unwrap();
+    assert!((met / total as f64 - attainment).abs() < 1e-9);
 }
 
 #[test]

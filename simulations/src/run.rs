@@ -77,7 +77,7 @@ pub fn simulate(
     autoscaler: Option<&mut dyn Autoscaler>,
     mode: Option<StepMode>,
     progress: Option<&dyn Fn(f64)>,
-) -> Result<RunReport, RunError> {
+) -> Result<Simulation, RunError> {
     let mut router = router_for(&scenario.router);
     let mut fixed = FixedReplicas;
     let autoscaler: &mut dyn Autoscaler = match autoscaler {
@@ -91,14 +91,59 @@ pub fn simulate(
     let started = Instant::now();
     let run = run_cluster(scenario, workload, router.as_mut(), autoscaler, &options)?;
     let wall = started.elapsed().as_secs_f64();
-    Ok(summarise(
+    let report = summarise(
         scenario,
         workload,
         &run,
         router.name(),
         autoscaler.name(),
         wall,
-    ))
+    );
+    Ok(Simulation { report, run })
+}
+
+/// A finished simulation: the summary and the raw per-request outcomes behind it.
+#[derive(Debug)]
+pub struct Simulation {
+    pub report: RunReport,
+    pub run: ClusterRun,
+}
+
+impl Simulation {
+    /// One CSV row per request: arrival, TTFT, mean ITL, end-to-end latency (ms), tokens, the
+    /// prompt tokens served from the prefix cache, the variant that produced its tokens, and
+    /// whether it met the SLO. Unfinished requests have empty latency cells.
+    pub fn requests_csv(&self) -> String {
+        use std::fmt::Write;
+        let slo = self.report.slo;
+        let mut out = String::from(
+            "id,arrival_s,ttft_ms,itl_ms,e2e_ms,output_tokens,cached_tokens,variant,met_slo,rejected\n",
+        );
+        let cell = |x: Option<f64>| x.map(|v| format!("{:.3}", v * 1e3)).unwrap_or_default();
+        for (id, o) in self.run.outcomes.iter().enumerate() {
+            let e2e = o.finish_s.map(|f| f - o.arrival_s);
+            let met = match (o.ttft_s(), o.mean_itl_s()) {
+                (Some(t), Some(i)) if o.finish_s.is_some() => slo.met_by(t, i),
+                _ => false,
+            };
+            let variant = o
+                .variant
+                .and_then(|v| self.run.variants.get(v))
+                .map_or("", |v| v.name.as_str());
+            let _ = writeln!(
+                out,
+                "{id},{:.6},{},{},{},{},{},{variant},{met},{}",
+                o.arrival_s,
+                cell(o.ttft_s()),
+                cell(o.mean_itl_s().filter(|_| o.finish_s.is_some())),
+                cell(e2e),
+                o.output_tokens,
+                o.cached_tokens,
+                o.rejected
+            );
+        }
+        out
+    }
 }
 
 fn pct(values: &mut [f64]) -> Percentiles {

@@ -34,7 +34,7 @@ pub struct RunArgs {
     /// Autoscaling policy. `fixed` keeps the scenario's replica counts.
     #[arg(long, env = "GOODPUT_SIM_POLICY", default_value = "fixed")]
     pub policy: String,
-    /// Directory for summary.json and report.html.
+    /// Directory for summary.json, report.html and requests.csv (one row per request).
     #[arg(long, env = "GOODPUT_SIM_OUT", default_value = "goodput-report")]
     pub out: PathBuf,
     /// Execute every engine step instead of jumping over runs of decode steps (slower; the
@@ -114,26 +114,31 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         move |f: f64| b.set_position((f * 1000.0) as u64)
     });
     let progress_ref: Option<&dyn Fn(f64)> = progress.as_ref().map(|p| p as &dyn Fn(f64));
-    let report = simulate(&scenario, &workload, None, mode, progress_ref)?;
+    let sim = simulate(&scenario, &workload, None, mode, progress_ref)?;
+    let report = &sim.report;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let summary = args.out.join("summary.json");
-    std::fs::write(&summary, serde_json::to_string_pretty(&report)?)
+    std::fs::write(&summary, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("cannot write {}", summary.display()))?;
     let page = args.out.join("report.html");
-    std::fs::write(&page, html::render_html(&report))
+    std::fs::write(&page, html::render_html(report))
         .with_context(|| format!("cannot write {}", page.display()))?;
+    let requests = args.out.join("requests.csv");
+    std::fs::write(&requests, sim.requests_csv())
+        .with_context(|| format!("cannot write {}", requests.display()))?;
     if args.json {
-        super::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
+        super::emit(&format!("{}\n", serde_json::to_string_pretty(report)?))
     } else {
         super::emit(&format!(
-            "{}wrote {} and {}\n",
-            table::summary_table(&report),
+            "{}wrote {}, {} and {}\n",
+            table::summary_table(report),
             summary.display(),
-            page.display()
+            page.display(),
+            requests.display()
         ))
     }
 }

@@ -72,6 +72,9 @@ pub fn fmt_duration(s: f64) -> String {
     if !s.is_finite() || s < 0.0 {
         return MISSING.to_owned();
     }
+    if s < 1.0 {
+        return format!("{:.0} ms", s * 1e3);
+    }
     if s < 60.0 {
         return format!("{s:.1} s");
     }

@@ -7,7 +7,8 @@
 //! produces. Only full prompt blocks carry hashes; generated tokens' blocks are never shared (the
 //! traces carry no content for them).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Where a cached block is.
 #[derive(Debug, Clone, Copy)]
@@ -18,14 +19,37 @@ enum Cached {
     Evictable { seq: u64 },
 }
 
+/// Block keys are already uniformly mixed 64-bit hashes, so the map uses them as they are
+/// instead of hashing them again (SipHash dominated the simulator's profile).
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | self.0 >> 56) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Block accounting plus the prefix-cache index.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     total: u64,
     used: u64,
-    cached: HashMap<u64, Cached>,
-    /// Evictable blocks in the order they were freed (oldest first).
-    lru: BTreeMap<u64, u64>,
+    cached: HashMap<u64, Cached, BuildHasherDefault<KeyHasher>>,
+    /// Evictable blocks in the order they were freed (oldest first), as (sequence, key). Entries
+    /// whose block was hit again since are stale and skipped: `cached` says whether an entry is
+    /// live (its key is `Evictable` with the same sequence number).
+    lru: VecDeque<(u64, u64)>,
+    /// Live entries in `lru`.
+    evictable: u64,
     next_seq: u64,
     prefix_caching: bool,
 }
@@ -36,8 +60,9 @@ impl KvCache {
         Self {
             total,
             used: 0,
-            cached: HashMap::new(),
-            lru: BTreeMap::new(),
+            cached: HashMap::default(),
+            lru: VecDeque::new(),
+            evictable: 0,
             next_seq: 0,
             prefix_caching,
         }
@@ -59,7 +84,7 @@ impl KvCache {
 
     /// Blocks that can be allocated without evicting a cached prefix block.
     pub fn clean_blocks(&self) -> u64 {
-        self.total - self.used - self.lru.len() as u64
+        self.total - self.used - self.evictable
     }
 
     /// `vllm:kv_cache_usage_perc`: used blocks over total.
@@ -93,10 +118,10 @@ impl KvCache {
         for k in keys {
             match self.cached.get_mut(k) {
                 Some(Cached::Active { refs }) => *refs += 1,
-                Some(Cached::Evictable { seq }) => {
-                    let seq = *seq;
-                    self.lru.remove(&seq);
-                    self.cached.insert(*k, Cached::Active { refs: 1 });
+                Some(entry @ Cached::Evictable { .. }) => {
+                    // The LRU entry goes stale; it is skipped when it reaches the front.
+                    *entry = Cached::Active { refs: 1 };
+                    self.evictable -= 1;
                     self.used += 1;
                 }
                 None => {}
@@ -115,15 +140,23 @@ impl KvCache {
         if n > self.available_blocks() {
             return false;
         }
-        let clean = self.total - self.used - self.lru.len() as u64;
-        let mut evict = n.saturating_sub(clean);
+        let mut evict = n.saturating_sub(self.clean_blocks());
         while evict > 0 {
-            let Some((&seq, &key)) = self.lru.iter().next() else {
+            let Some((seq, key)) = self.lru.pop_front() else {
                 break;
             };
-            self.lru.remove(&seq);
-            self.cached.remove(&key);
-            evict -= 1;
+            if matches!(self.cached.get(&key), Some(Cached::Evictable { seq: s }) if *s == seq) {
+                self.cached.remove(&key);
+                self.evictable -= 1;
+                evict -= 1;
+            }
+        }
+        if self.lru.len() as u64 > 4 * self.evictable + 1024 {
+            // Drop stale entries so the queue stays proportional to what it holds.
+            let cached = &self.cached;
+            self.lru.retain(|(seq, key)| {
+                matches!(cached.get(key), Some(Cached::Evictable { seq: s }) if s == seq)
+            });
         }
         self.used += n;
         true
@@ -151,7 +184,8 @@ impl KvCache {
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     self.cached.insert(*k, Cached::Evictable { seq });
-                    self.lru.insert(seq, *k);
+                    self.lru.push_back((seq, *k));
+                    self.evictable += 1;
                     self.used -= 1;
                 }
             }

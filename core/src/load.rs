@@ -17,6 +17,9 @@ pub struct VariantLoad {
     /// Mean prompt and output tokens per finished request.
     pub mean_prompt_tokens: f64,
     pub mean_output_tokens: f64,
+    /// 90th percentile of prompt and output lengths (from the token-count histograms).
+    pub p90_prompt_tokens: Option<f64>,
+    pub p90_output_tokens: Option<f64>,
     /// TTFT quantiles from the histogram, seconds (None without observations).
     pub ttft_p50_s: Option<f64>,
     pub ttft_p90_s: Option<f64>,

@@ -23,6 +23,8 @@ struct Scrape {
     preemptions: u64,
     ttft: Vec<u64>,
     itl: Vec<u64>,
+    prompt_lengths: Vec<u64>,
+    output_lengths: Vec<u64>,
     running: f64,
     waiting: f64,
     kv_usage: f64,
@@ -41,6 +43,9 @@ pub struct Gauges {
 pub struct PromView {
     lag_s: f64,
     window_s: f64,
+    /// Bucket bounds of the token-length histograms (vLLM's 1-2-5 series up to the model's
+    /// context), learnt from the first scrape.
+    length_bounds: Vec<f64>,
     series: HashMap<usize, (usize, VecDeque<Scrape>)>,
 }
 
@@ -50,6 +55,7 @@ impl PromView {
         Self {
             lag_s,
             window_s,
+            length_bounds: Vec::new(),
             series: HashMap::new(),
         }
     }
@@ -77,6 +83,8 @@ impl PromView {
             preemptions: c.preemptions,
             ttft: c.ttft.cumulative(),
             itl: c.itl.cumulative(),
+            prompt_lengths: c.prompt_tokens_hist.cumulative(),
+            output_lengths: c.generation_tokens_hist.cumulative(),
             running: g.running as f64,
             waiting: g.waiting as f64,
             kv_usage: g.kv_usage,
@@ -101,6 +109,8 @@ impl PromView {
         let mut load = VariantLoad::default();
         let mut ttft = vec![0u64; TTFT_BUCKETS.len() + 1];
         let mut itl = vec![0u64; ITL_BUCKETS.len() + 1];
+        let mut prompt_len = vec![0u64; self.length_bounds.len() + 1];
+        let mut output_len = vec![0u64; self.length_bounds.len() + 1];
         let (mut finished, mut prompt, mut gen_tokens) = (0u64, 0u64, 0u64);
         let (mut pq, mut ph, mut pre) = (0u64, 0u64, 0u64);
         let mut span_sum = 0.0;
@@ -140,6 +150,15 @@ impl PromView {
             for (acc, (a, b)) in itl.iter_mut().zip(last.itl.iter().zip(&first.itl)) {
                 *acc += a - b;
             }
+            let pairs = [
+                (&mut prompt_len, &last.prompt_lengths, &first.prompt_lengths),
+                (&mut output_len, &last.output_lengths, &first.output_lengths),
+            ];
+            for (acc, l, f) in pairs {
+                for (a, (x, y)) in acc.iter_mut().zip(l.iter().zip(f)) {
+                    *a += x - y;
+                }
+            }
         }
         if load.replicas_reporting == 0 {
             return None;
@@ -171,6 +190,9 @@ impl PromView {
         load.itl_p90_s = q(0.9, ITL_BUCKETS, &itf);
         load.itl_p95_s = q(0.95, ITL_BUCKETS, &itf);
         load.itl_p99_s = q(0.99, ITL_BUCKETS, &itf);
+        let as_f = |v: &[u64]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        load.p90_prompt_tokens = q(0.9, &self.length_bounds, &as_f(&prompt_len));
+        load.p90_output_tokens = q(0.9, &self.length_bounds, &as_f(&output_len));
         Some(load)
     }
 }
@@ -194,6 +216,7 @@ mod tests {
             // 20 requests per 10 s, each TTFT 0.3 s.
             c.requests_finished += 20;
             c.prompt_tokens += 20 * 100;
+            c.prompt_tokens_hist.observe_n(100.0, 20);
             for _ in 0..20 {
                 c.ttft.observe(0.3);
             }
@@ -208,6 +231,9 @@ mod tests {
         let p50 = load.ttft_p50_s.unwrap();
         assert!(p50 > 0.25 && p50 <= 0.5, "{p50}");
         assert_eq!(load.age_s, 10.0);
+        // 100-token prompts sit in the (50, 100] bucket of vLLM's 1-2-5 series.
+        let p90 = load.p90_prompt_tokens.unwrap();
+        assert!(p90 > 50.0 && p90 <= 100.0, "{p90}");
         assert_eq!(load.waiting, 1.0);
         assert!(view.variant_load(120.0, 1).is_none());
         // Nothing visible before the lag has passed.

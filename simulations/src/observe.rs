@@ -69,6 +69,9 @@ impl PromView {
         c: &EngineCounters,
         g: Gauges,
     ) {
+        if self.length_bounds.is_empty() {
+            self.length_bounds = c.prompt_tokens_hist.bounds().to_vec();
+        }
         let entry = self
             .series
             .entry(replica)

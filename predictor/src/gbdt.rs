@@ -167,9 +167,9 @@ pub fn fit(x: &[FeatureVector], y: &[f64], params: &GbdtParams) -> Gbdt {
             }
             for k in 0..count {
                 let mut best = (0.0f64, None::<(usize, usize)>);
-                for f in 0..N_FEATURES {
+                for (f, fe) in edges.iter().enumerate() {
                     let base_idx = (k * N_FEATURES + f) * 256;
-                    let nb = edges[f].len() + 1;
+                    let nb = fe.len() + 1;
                     let (gt, nt) = hist[base_idx..base_idx + nb]
                         .iter()
                         .fold((0.0, 0u32), |a, h| (a.0 + h.0, a.1 + h.1));
@@ -295,6 +295,9 @@ mod tests {
         for r in &x {
             assert!((m.predict(r) - 7.0).abs() < 1e-9);
         }
-        assert_eq!(fit(&[], &[], &GbdtParams::default()).predict(&row(1.0, 1.0)), 0.0);
+        assert_eq!(
+            fit(&[], &[], &GbdtParams::default()).predict(&row(1.0, 1.0)),
+            0.0
+        );
     }
 }

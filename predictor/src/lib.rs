@@ -20,10 +20,11 @@ pub mod features;
 pub mod gbdt;
 pub mod metrics;
 pub mod model;
+pub mod perf;
 pub mod predictor;
 pub mod window;
 
-pub use features::{FieldError, Features, PodType, Sample, Target};
+pub use features::{Features, FieldError, PodType, Sample, Target};
 pub use model::{Accuracy, Family, FitParams, Quantiles};
 pub use predictor::{ModelSet, Prediction, Predictor, PredictorConfig, RetrainReason, Trainer};
 

@@ -60,11 +60,7 @@ const Q_LABELS: [&str; 3] = ["0.5", "0.9", "0.99"];
 impl PredictorMetrics {
     /// Registers every metric under `registry` (give it a prefix, e.g. `goodput_predictor`).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "samples",
-            "Training samples received",
-            self.samples.clone(),
-        );
+        registry.register("samples", "Training samples received", self.samples.clone());
         registry.register(
             "window_rows",
             "Rows in the stratified training window",
@@ -116,9 +112,7 @@ impl PredictorMetrics {
     pub(crate) fn set_window(&self, ttft: usize, tpot: usize) {
         for (t, n) in [(Target::Ttft, ttft), (Target::Tpot, tpot)] {
             self.window_rows
-                .get_or_create(&TargetLabels {
-                    target: t.as_str(),
-                })
+                .get_or_create(&TargetLabels { target: t.as_str() })
                 .set(n as i64);
         }
     }

@@ -85,8 +85,8 @@ impl Linear {
     pub fn predict(&self, x: &FeatureVector) -> f64 {
         let d = linear_design(x);
         let mut s = self.intercept;
-        for i in 0..LINEAR_WIDTH {
-            s += self.coef[i] * (d[i] - self.mean[i]) * self.scale[i];
+        for (((v, c), m), k) in d.iter().zip(&self.coef).zip(&self.mean).zip(&self.scale) {
+            s += c * (v - m) * k;
         }
         s
     }
@@ -399,7 +399,10 @@ mod tests {
 
     #[test]
     fn accuracy_scores_mape_pinball_and_coverage() {
-        let acc = Accuracy::score([(110.0, [100.0, 120.0, 150.0], 100.0), (90.0, [90.0, 95.0, 99.0], 100.0)]);
+        let acc = Accuracy::score([
+            (110.0, [100.0, 120.0, 150.0], 100.0),
+            (90.0, [90.0, 95.0, 99.0], 100.0),
+        ]);
         assert_eq!(acc.rows, 2);
         assert!((acc.mape_percent - 10.0).abs() < 1e-9);
         assert_eq!(acc.coverage, [0.5, 0.5, 0.5]);
@@ -443,7 +446,12 @@ mod tests {
         let (train, held) = rows.split_at(2400);
         let (cal, eval) = held.split_at(300);
         let m = fit_target("ttft", train, cal, eval, &FitParams::default()).unwrap();
-        let lin = m.candidates.iter().find(|c| c.0 == Family::Linear).unwrap().1;
+        let lin = m
+            .candidates
+            .iter()
+            .find(|c| c.0 == Family::Linear)
+            .unwrap()
+            .1;
         assert!(lin < 1.0, "{:?}", m.candidates);
     }
 }

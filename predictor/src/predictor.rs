@@ -62,8 +62,16 @@ impl ModelSet {
     pub fn predict(&self, f: &Features) -> Prediction {
         let x = f.vector();
         Prediction {
-            ttft: self.ttft.as_ref().map(|m| m.predict(&x)).unwrap_or_default(),
-            tpot: self.tpot.as_ref().map(|m| m.predict(&x)).unwrap_or_default(),
+            ttft: self
+                .ttft
+                .as_ref()
+                .map(|m| m.predict(&x))
+                .unwrap_or_default(),
+            tpot: self
+                .tpot
+                .as_ref()
+                .map(|m| m.predict(&x))
+                .unwrap_or_default(),
         }
     }
 
@@ -167,7 +175,8 @@ impl Drift {
     /// (and up by 5 points) or p90 coverage off by more than 10 points.
     fn drifted(&self, trained_mape_percent: f64, min_rows: u64) -> bool {
         self.rows >= min_rows
-            && (self.ape_ewma * 100.0 > (2.0 * trained_mape_percent).max(trained_mape_percent + 5.0)
+            && (self.ape_ewma * 100.0
+                > (2.0 * trained_mape_percent).max(trained_mape_percent + 5.0)
                 || (self.cover90_ewma - 0.9).abs() > 0.1)
     }
 }
@@ -273,10 +282,9 @@ impl Predictor {
                             if let (Some(m), Some(y)) = (models.target(target), s.target(target)) {
                                 let q = m.predict(&s.features.vector());
                                 t.drift[i].observe(((q.point - y) / y).abs(), y <= q.p90);
-                                if t.drift[i].drifted(
-                                    m.accuracy.mape_percent,
-                                    self.config.drift_min_rows,
-                                ) && !t.drift_pending
+                                if t.drift[i]
+                                    .drifted(m.accuracy.mape_percent, self.config.drift_min_rows)
+                                    && !t.drift_pending
                                 {
                                     t.drift_pending = true;
                                     nudge = true;
@@ -287,8 +295,10 @@ impl Predictor {
                     }
                 }
             }
-            self.metrics
-                .set_window(t.window.train_rows(Target::Ttft), t.window.train_rows(Target::Tpot));
+            self.metrics.set_window(
+                t.window.train_rows(Target::Ttft),
+                t.window.train_rows(Target::Tpot),
+            );
         }
         self.samples_seen
             .fetch_add(samples.len() as u64, Ordering::Relaxed);
@@ -472,7 +482,10 @@ mod tests {
         let s = samples(50, 1.0)[25];
         let pred = p.predict(&s.features);
         let want = s.ttft_ms.unwrap();
-        assert!((pred.ttft.point / want - 1.0).abs() < 0.05, "{pred:?} vs {want}");
+        assert!(
+            (pred.ttft.point / want - 1.0).abs() < 0.05,
+            "{pred:?} vs {want}"
+        );
         assert!(pred.ttft.p99 >= pred.ttft.p90 && pred.ttft.p90 >= pred.ttft.p50);
         // Nothing new: a scheduled retraining is skipped; a manual one runs.
         assert_eq!(p.retrain(RetrainReason::Schedule, 2.0), None);

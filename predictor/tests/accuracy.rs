@@ -10,8 +10,8 @@
 mod common;
 
 use goodput_predictor::model::QUANTILES;
-use goodput_predictor::{Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Target};
 use goodput_predictor::window::WindowConfig;
+use goodput_predictor::{Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Target};
 
 fn generator(rate: f64, lengths: &str, extra: &str, seed: u64) -> String {
     format!(
@@ -29,13 +29,22 @@ fn training_data() -> Vec<Sample> {
         (10.0, "azure-conv", ""),
         (24.0, "azure-conv", "    arrival: { gamma: { cv: 2.0 } }\n"),
         (30.0, "sharegpt", ""),
-        (10.0, "azure-code", "    prefix: { groups: 16, prefix_tokens: 1024 }\n"),
+        (
+            10.0,
+            "azure-code",
+            "    prefix: { groups: 16, prefix_tokens: 1024 }\n",
+        ),
         (5.0, "arxiv", "    arrival: { gamma: { cv: 1.5 } }\n"),
     ]
     .into_iter()
     .enumerate()
     {
-        all.extend(run("h100", 4, generator(rate, lengths, extra, 100 + i as u64), 11 + i as u64));
+        all.extend(run(
+            "h100",
+            4,
+            generator(rate, lengths, extra, 100 + i as u64),
+            11 + i as u64,
+        ));
     }
     all
 }
@@ -61,7 +70,12 @@ fn held_out_workloads() -> Vec<(&'static str, Vec<Sample>)> {
             run(
                 "h100",
                 4,
-                generator(22.0, "sharegpt", "    arrival: { gamma: { cv: 3.0 } }\n", 902),
+                generator(
+                    22.0,
+                    "sharegpt",
+                    "    arrival: { gamma: { cv: 3.0 } }\n",
+                    902,
+                ),
                 903,
             ),
         ),
@@ -131,7 +145,11 @@ fn held_out_workloads_meet_the_mape_and_coverage_targets() {
             assert!(a.rows > 1000, "{name}: too few rows");
             // Regression bounds at today's figures plus a margin, not the targets.
             if a.mape_percent > 22.0 {
-                failures.push(format!("{name} {}: MAPE {:.2}%", t.as_str(), a.mape_percent));
+                failures.push(format!(
+                    "{name} {}: MAPE {:.2}%",
+                    t.as_str(),
+                    a.mape_percent
+                ));
             }
             if !(0.80..=0.985).contains(&a.coverage[1]) {
                 failures.push(format!(

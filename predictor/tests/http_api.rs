@@ -53,9 +53,8 @@ async fn call(app: &axum::Router, method: &str, path: &str, body: &str) -> (Stat
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    let v = serde_json::from_slice(&bytes).unwrap_or(Value::String(
-        String::from_utf8_lossy(&bytes).into_owned(),
-    ));
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, v)
 }
 
@@ -114,7 +113,13 @@ async fn reference_payloads_round_trip_field_by_field() {
     let (s, v) = call(&app, "POST", "/add_training_data_bulk", TRAINING_EXAMPLE).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(v, json!({"message": "Accepted 2 training samples."}));
-    let (s, _) = call(&app, "POST", "/add_training_data_bulk", &training_body(1500)).await;
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/add_training_data_bulk",
+        &training_body(1500),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert!(p.retrain(RetrainReason::Manual, 0.0).is_some());
 
@@ -168,13 +173,27 @@ async fn reference_payloads_round_trip_field_by_field() {
         assert_eq!(pr["quantile"], 0.9);
         let at = pr["predicted_at"].as_str().unwrap();
         assert!(at.ends_with("+00:00") && at.len() == 32, "{at}");
-        assert!(pr["last_model_load"].as_str().unwrap().starts_with("1970-01-01T"));
+        assert!(
+            pr["last_model_load"]
+                .as_str()
+                .unwrap()
+                .starts_with("1970-01-01T")
+        );
     }
     // Single /predict: prediction object plus uncertainty and bounds.
-    let one = serde_json::to_string(&serde_json::from_str::<Value>(STRICT_EXAMPLE).unwrap()["requests"][0]).unwrap();
+    let one = serde_json::to_string(
+        &serde_json::from_str::<Value>(STRICT_EXAMPLE).unwrap()["requests"][0],
+    )
+    .unwrap();
     let (s, v) = call(&app, "POST", "/predict", &one).await;
     assert_eq!(s, StatusCode::OK);
-    for k in ["ttft_ms", "tpot_ms", "ttft_uncertainty", "tpot_uncertainty", "quantile"] {
+    for k in [
+        "ttft_ms",
+        "tpot_ms",
+        "ttft_uncertainty",
+        "tpot_uncertainty",
+        "quantile",
+    ] {
         assert!(v[k].as_f64().is_some(), "{k}");
     }
     let b = v["ttft_prediction_bounds"].as_array().unwrap();
@@ -188,7 +207,10 @@ async fn reference_payloads_round_trip_field_by_field() {
     let (_, v) = call(&app, "GET", "/status", "").await;
     assert_eq!(v["is_ready"], true);
     assert_eq!(v["model_type"], "xgboost");
-    assert_eq!(v["models_exist"], json!({"ttft_model": true, "tpot_model": true}));
+    assert_eq!(
+        v["models_exist"],
+        json!({"ttft_model": true, "tpot_model": true})
+    );
     assert_eq!(v["ensemble_active"], false);
     let acc = &v["goodput"]["accuracy"]["ttft"];
     assert!(acc["mape_percent"].as_f64().unwrap() < 5.0, "{acc}");
@@ -197,8 +219,14 @@ async fn reference_payloads_round_trip_field_by_field() {
 
     let (_, v) = call(&app, "GET", "/model/download/info", "").await;
     assert_eq!(v["model_type"], "xgboost");
-    assert_eq!(v["available_endpoints"]["trees"]["ttft_trees"], "/model/ttft/xgb/json");
-    assert_eq!(v["model_status"], json!({"ttft_model_ready": true, "tpot_model_ready": true}));
+    assert_eq!(
+        v["available_endpoints"]["trees"]["ttft_trees"],
+        "/model/ttft/xgb/json"
+    );
+    assert_eq!(
+        v["model_status"],
+        json!({"ttft_model_ready": true, "tpot_model_ready": true})
+    );
     let (s, v) = call(&app, "GET", "/model/tpot/xgb/json", "").await;
     assert_eq!((s, v), (StatusCode::OK, json!([])));
     let (s, _) = call(&app, "GET", "/model/gated/xgb/json", "").await;
@@ -211,7 +239,13 @@ async fn reference_payloads_round_trip_field_by_field() {
 #[tokio::test]
 async fn more_than_100_rows_are_served() {
     let (p, app) = app();
-    call(&app, "POST", "/add_training_data_bulk", &training_body(1000)).await;
+    call(
+        &app,
+        "POST",
+        "/add_training_data_bulk",
+        &training_body(1000),
+    )
+    .await;
     p.retrain(RetrainReason::Manual, 0.0).unwrap();
     let row: Value = serde_json::from_str::<Value>(STRICT_EXAMPLE).unwrap()["requests"][0].clone();
     let body = json!({"requests": vec![row; 2500]}).to_string();
@@ -234,7 +268,12 @@ async fn malformed_input_gets_a_422_naming_the_field() {
         body["detail"][0]["loc"],
         json!(["body", "requests", 1, "kv_cache_percentage"])
     );
-    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("requests[1].kv_cache_percentage"));
+    assert!(
+        body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("requests[1].kv_cache_percentage")
+    );
 
     for (field, bad) in [
         ("kv_cache_percentage", json!(1.5)),
@@ -264,7 +303,10 @@ async fn malformed_input_gets_a_422_naming_the_field() {
     let (s, body) = call(&app, "POST", "/add_training_data_bulk", &v.to_string()).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(body["message"], "Accepted 1 training samples.");
-    assert_eq!(body["errors"][0]["loc"], json!(["body", "entries", 0, "timestamp"]));
+    assert_eq!(
+        body["errors"][0]["loc"],
+        json!(["body", "entries", 0, "timestamp"])
+    );
     v["entries"][1]["actual_tpot_ms"] = json!(-3);
     let (s, body) = call(&app, "POST", "/add_training_data_bulk", &v.to_string()).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
@@ -276,7 +318,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "[a-z_]{0,12}".prop_map(Value::from),
     ];
     leaf.prop_recursive(3, 32, 6, |inner| {

@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::features::{FieldError, Features, PodType, Sample};
+use crate::features::{Features, FieldError, PodType, Sample};
 
 use super::time::is_rfc3339;
 
@@ -206,13 +206,19 @@ pub fn list<'a>(body: &'a Value, key: &str, max: usize) -> Result<&'a [Value], F
         return Err(FieldError::new(key, "must have at least 1 item"));
     }
     if a.len() > max {
-        return Err(FieldError::new(key, format!("must have at most {max} items")));
+        return Err(FieldError::new(
+            key,
+            format!("must have at most {max} items"),
+        ));
     }
     Ok(a)
 }
 
 /// Parses `{"requests":[row...]}`, all rows or the errors of every bad row.
-pub fn parse_bulk_features(body: &Value, max_rows: usize) -> Result<Vec<Features>, Vec<FieldError>> {
+pub fn parse_bulk_features(
+    body: &Value,
+    max_rows: usize,
+) -> Result<Vec<Features>, Vec<FieldError>> {
     let rows = list(body, "requests", max_rows).map_err(|e| vec![e])?;
     let mut out = Vec::with_capacity(rows.len());
     let mut errors = Vec::new();
@@ -290,7 +296,12 @@ mod tests {
     fn loc_splits_paths_like_fastapi() {
         assert_eq!(
             loc_of("requests[3].kv_cache_percentage"),
-            vec![json!("body"), json!("requests"), json!(3), json!("kv_cache_percentage")]
+            vec![
+                json!("body"),
+                json!("requests"),
+                json!(3),
+                json!("kv_cache_percentage")
+            ]
         );
         assert_eq!(loc_of("entries"), vec![json!("body"), json!("entries")]);
     }
@@ -304,6 +315,9 @@ mod tests {
         assert_eq!(f.pod_type, PodType::Monolithic);
         let bad = json!({"kv_cache_percentage":0.5,"input_token_length":10.5,"num_request_waiting":0,
             "num_request_running":1,"num_tokens_generated":1,"prefix_cache_score":0});
-        assert_eq!(parse_features(&bad, "").unwrap_err().field, "input_token_length");
+        assert_eq!(
+            parse_features(&bad, "").unwrap_err().field,
+            "input_token_length"
+        );
     }
 }

@@ -34,9 +34,7 @@ use serde_json::{Value, json};
 use crate::features::{FieldError, Target};
 use crate::predictor::{ModelSet, Predictor};
 
-use api::{
-    BulkError, BulkOut, PredictionOut, SinglePredictionOut, StrictBulkOut, ValidationBody,
-};
+use api::{BulkError, BulkOut, PredictionOut, SinglePredictionOut, StrictBulkOut, ValidationBody};
 
 /// What the predictions mean (`LATENCY_OBJECTIVE_TYPE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,17 +197,20 @@ fn unprocessable(errors: &[FieldError]) -> Response {
     )
 }
 
-fn parse_body(bytes: &[u8]) -> Result<Value, Response> {
+fn parse_body(bytes: &[u8]) -> Result<Value, Box<Response>> {
     serde_json::from_slice::<Value>(bytes).map_err(|e| {
-        unprocessable(&[FieldError::new(
+        Box::new(unprocessable(&[FieldError::new(
             "body",
             format!("JSON decode error: {e}"),
-        )])
+        )]))
     })
 }
 
 fn not_ready(detail: &str) -> Response {
-    to_json(StatusCode::SERVICE_UNAVAILABLE, &json!({ "detail": detail }))
+    to_json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({ "detail": detail }),
+    )
 }
 
 struct Stamp {
@@ -262,7 +263,7 @@ async fn predict(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
 fn predict_inner(st: &AppState, body: &[u8]) -> Response {
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = match api::parse_features(&v, "") {
         Ok(f) => f,
@@ -276,7 +277,10 @@ fn predict_inner(st: &AppState, body: &[u8]) -> Response {
     let x = f.vector();
     let bounds = |t: Target| {
         models.target(t).map_or([0.0, 0.0], |m| {
-            [m.quantile(&x, 0.025).max(0.0), m.quantile(&x, 0.975).max(0.0)]
+            [
+                m.quantile(&x, 0.025).max(0.0),
+                m.quantile(&x, 0.975).max(0.0),
+            ]
         })
     };
     let (tb, pb) = (bounds(Target::Ttft), bounds(Target::Tpot));
@@ -306,7 +310,7 @@ pub fn predict_bulk_strict_inner(st: &AppState, body: &[u8]) -> Response {
     let started = Instant::now();
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let rows = match api::parse_bulk_features(&v, st.config.max_rows) {
         Ok(r) => r,
@@ -349,7 +353,7 @@ fn predict_bulk_inner(st: &AppState, body: &[u8]) -> Response {
     let started = Instant::now();
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let raw = match api::list(&v, "requests", st.config.max_rows) {
         Ok(r) => r,
@@ -403,7 +407,7 @@ async fn add_training_data(State(st): State<Arc<AppState>>, body: Bytes) -> Resp
 fn add_training_inner(st: &AppState, body: &[u8]) -> Response {
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // No length cap beyond the body limit: llm-d's Go client flushes up to 10 000 rows.
     let rows = match api::list(&v, "entries", usize::MAX) {

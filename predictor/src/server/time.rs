@@ -37,11 +37,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// digits, `Z` or a numeric offset).
 pub fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     let num = |r: std::ops::Range<usize>| -> u32 {
-        s.get(r)
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(u32::MAX)
+        s.get(r).and_then(|x| x.parse().ok()).unwrap_or(u32::MAX)
     };
     if b.len() < 20
         || !digits(0..4)

@@ -7,6 +7,8 @@
 //!
 //! Run with `--nocapture` to see the figures (docs/predictor.md quotes them).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed set-up should panic
+
 mod common;
 
 use goodput_predictor::model::QUANTILES;

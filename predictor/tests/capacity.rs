@@ -2,6 +2,8 @@
 //! the same variant: the highest Poisson rate into one replica whose p95 TTFT and p95
 //! per-request mean ITL meet the SLO, found by bisection over simulated runs.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed set-up should panic
+
 use goodput_core::catalog::EngineLimits;
 use goodput_core::perf::kv_capacity_tokens;
 use goodput_core::{Catalog, StepCost, VariantLoad};

@@ -2,6 +2,7 @@
 //! answers to malformed input: never a panic, always a 4xx naming the field.
 
 #![cfg(feature = "server")]
+#![allow(clippy::unwrap_used)] // test code: a failed set-up should panic
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! the data covers idle and loaded endpoints alike) and snapshots the chosen endpoint's state
 //! at dispatch, joined after the run with the request's measured TTFT and mean ITL.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // test code
 
 use std::collections::HashSet;
 

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Every flag can also be set through the environment
 //! variable named in `--help`.
 
+mod predictor;
 mod sim;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -42,6 +43,9 @@ pub enum Command {
     /// Simulate a heterogeneous vLLM fleet: run scenarios, profile the engine model.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Learn and serve TTFT/TPOT predictions (a drop-in for llm-d's latency predictor).
+    #[command(subcommand)]
+    Predictor(predictor::PredictorCommand),
 }
 
 /// Sets up `tracing` on stderr.
@@ -61,6 +65,7 @@ pub fn init_tracing(args: &LogArgs) {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Predictor(cmd) => predictor::run(cmd),
     }
 }
 

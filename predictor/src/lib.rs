@@ -1,0 +1,32 @@
+//! goodput-predictor: learns from observed requests how TTFT and time per output token depend on
+//! an endpoint's state and the request, and how a variant's latency grows with load.
+//!
+//! Data flow:
+//! - [`features`]: llm-d's predictor row ([`Features`]) and the engineered vector every model
+//!   sees, built in one place for training and prediction.
+//! - [`window`]: the stratified training window with ageing and a held-out slice.
+//! - [`gbdt`], [`model`]: the model families (gradient-boosted trees, elastic-net linear),
+//!   selection per target by held-out MAPE, conformal quantiles, accuracy.
+//! - [`predictor`]: the online [`Predictor`]: versioned models swapped atomically, background
+//!   retraining on a cadence and on drift; predictions never wait for training.
+//! - [`perf`]: the per-variant performance model for scaling (roofline prior from
+//!   `goodput_core::perf`, corrected online from aggregate observations).
+//! - [`metrics`]: the crate's own Prometheus metrics.
+//! - `server` (cargo feature `server`): the HTTP API of llm-d's training and prediction servers.
+//!
+//! Everything but `server` and the trainer thread is pure: values in, values out.
+
+pub mod features;
+pub mod gbdt;
+pub mod metrics;
+pub mod model;
+pub mod perf;
+pub mod predictor;
+pub mod window;
+
+pub use features::{Features, FieldError, PodType, Sample, Target};
+pub use model::{Accuracy, Family, FitParams, Quantiles};
+pub use predictor::{ModelSet, Prediction, Predictor, PredictorConfig, RetrainReason, Trainer};
+
+#[cfg(feature = "server")]
+pub mod server;

@@ -1,0 +1,457 @@
+//! The models of one target (TTFT or TPOT) and how they are chosen and calibrated.
+//!
+//! Data flow: [`fit_target`] takes the training rows and a held-out slice (split in a
+//! calibration half and an evaluation half), fits every model family on the training rows,
+//! keeps the one with the lowest MAPE on the calibration half, calibrates its quantiles on the
+//! same half (split conformal prediction on the ratio `actual / predicted`), and measures the
+//! result on the evaluation half, which no step saw. Everything is a pure function; the
+//! [`crate::predictor`] module decides when to call it.
+//!
+//! Both families predict `ln(latency)`: latencies are positive and span orders of magnitude, and
+//! a multiplicative error model is what MAPE and ratio-based conformal intervals assume.
+
+use linfa::prelude::*;
+use linfa_elasticnet::ElasticNet;
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+use crate::features::{FeatureVector, N_FEATURES};
+use crate::gbdt::{self, Gbdt, GbdtParams};
+
+/// Quantiles the predictor reports and scores.
+pub const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+
+/// Errors from fitting.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error("{target}: {have} training rows, need at least {need}")]
+    TooFewRows {
+        target: &'static str,
+        have: usize,
+        need: usize,
+    },
+    #[error("{target}: {have} held-out rows, need at least {need} to calibrate")]
+    TooFewHeldOut {
+        target: &'static str,
+        have: usize,
+        need: usize,
+    },
+}
+
+/// Which family a model belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Elastic-net (mostly ridge) regression on standardised engineered features and their logs.
+    Linear,
+    /// Gradient-boosted trees on the engineered features.
+    Gbdt,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Linear => "linear",
+            Family::Gbdt => "gbdt",
+        }
+    }
+}
+
+/// Width of the linear model's design: each feature, its `ln(1 + |x|)`, and an intercept column
+/// handled by the solver.
+const LINEAR_WIDTH: usize = 2 * N_FEATURES;
+
+/// A linear model on `ln(latency)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Linear {
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+    coef: Vec<f64>,
+    intercept: f64,
+}
+
+#[inline]
+fn linear_design(x: &FeatureVector) -> [f64; LINEAR_WIDTH] {
+    let mut d = [0.0; LINEAR_WIDTH];
+    d[..N_FEATURES].copy_from_slice(x);
+    for (o, v) in d[N_FEATURES..].iter_mut().zip(x) {
+        *o = v.abs().ln_1p();
+    }
+    d
+}
+
+impl Linear {
+    #[inline]
+    pub fn predict(&self, x: &FeatureVector) -> f64 {
+        let d = linear_design(x);
+        let mut s = self.intercept;
+        for (((v, c), m), k) in d.iter().zip(&self.coef).zip(&self.mean).zip(&self.scale) {
+            s += c * (v - m) * k;
+        }
+        s
+    }
+
+    /// Fits on standardised inputs; constant columns get a zero coefficient.
+    pub fn fit(x: &[FeatureVector], y: &[f64], penalty: f64) -> Option<Self> {
+        let n = x.len().min(y.len());
+        if n < 2 {
+            return None;
+        }
+        let rows: Vec<[f64; LINEAR_WIDTH]> = x[..n].iter().map(linear_design).collect();
+        let mut mean = vec![0.0; LINEAR_WIDTH];
+        let mut scale = vec![0.0; LINEAR_WIDTH];
+        for r in &rows {
+            for (m, v) in mean.iter_mut().zip(r) {
+                *m += v / n as f64;
+            }
+        }
+        for r in &rows {
+            for ((s, v), m) in scale.iter_mut().zip(r).zip(&mean) {
+                *s += (v - m).powi(2) / n as f64;
+            }
+        }
+        for s in scale.iter_mut() {
+            let sd = s.sqrt();
+            *s = if sd > 1e-12 { 1.0 / sd } else { 0.0 };
+        }
+        let mut data = Array2::<f64>::zeros((n, LINEAR_WIDTH));
+        for (i, r) in rows.iter().enumerate() {
+            for j in 0..LINEAR_WIDTH {
+                data[[i, j]] = (r[j] - mean[j]) * scale[j];
+            }
+        }
+        let targets = Array1::from_iter(y[..n].iter().copied());
+        let ds = Dataset::new(data, targets);
+        let model = ElasticNet::params()
+            .penalty(penalty)
+            .l1_ratio(0.05)
+            .max_iterations(2000)
+            .tolerance(1e-6)
+            .fit(&ds)
+            .ok()?;
+        Some(Self {
+            mean,
+            scale,
+            coef: model.hyperplane().to_vec(),
+            intercept: model.intercept(),
+        })
+    }
+}
+
+/// One fitted model of either family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Regressor {
+    Linear(Linear),
+    Gbdt(Gbdt),
+}
+
+impl Regressor {
+    pub fn family(&self) -> Family {
+        match self {
+            Regressor::Linear(_) => Family::Linear,
+            Regressor::Gbdt(_) => Family::Gbdt,
+        }
+    }
+
+    /// Point prediction in ms (the conditional median under the log model).
+    #[inline]
+    pub fn predict_ms(&self, x: &FeatureVector) -> f64 {
+        let log = match self {
+            Regressor::Linear(m) => m.predict(x),
+            Regressor::Gbdt(m) => m.predict(x),
+        };
+        // Guard against absurd extrapolation of the linear model.
+        log.clamp(-20.0, 20.0).exp()
+    }
+}
+
+/// Split-conformal calibration of the ratio `actual / predicted`: its empirical quantiles on
+/// held-out rows, with the finite-sample correction, on a grid of 1001 levels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conformal {
+    grid: Vec<f64>,
+}
+
+impl Conformal {
+    const STEPS: usize = 1000;
+
+    /// From held-out ratios (any order); `None` when empty.
+    pub fn calibrate(ratios: &[f64]) -> Option<Self> {
+        let mut r: Vec<f64> = ratios.iter().copied().filter(|x| x.is_finite()).collect();
+        if r.is_empty() {
+            return None;
+        }
+        r.sort_by(f64::total_cmp);
+        let n = r.len();
+        let grid = (0..=Self::STEPS)
+            .map(|k| {
+                let a = k as f64 / Self::STEPS as f64;
+                // The ceil((n+1) a)-th smallest ratio covers a future row with probability >= a
+                // under exchangeability.
+                let rank = ((n as f64 + 1.0) * a).ceil() as usize;
+                r[rank.clamp(1, n) - 1]
+            })
+            .collect();
+        Some(Self { grid })
+    }
+
+    /// Multiplier turning the point prediction into the `q` quantile (`q` in 0..=1).
+    #[inline]
+    pub fn factor(&self, q: f64) -> f64 {
+        let k = (q.clamp(0.0, 1.0) * Self::STEPS as f64).round() as usize;
+        self.grid.get(k).copied().unwrap_or(1.0)
+    }
+}
+
+/// Held-out accuracy of a target's model.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Accuracy {
+    /// Rows scored.
+    pub rows: usize,
+    /// Mean absolute percentage error of the point prediction, percent.
+    pub mape_percent: f64,
+    /// Pinball loss per quantile of [`QUANTILES`], ms.
+    pub pinball_ms: [f64; 3],
+    /// Fraction of rows at or below the predicted quantile, per quantile of [`QUANTILES`].
+    pub coverage: [f64; 3],
+}
+
+impl Accuracy {
+    /// Scores predictions `(point, [q50, q90, q99])` against actual values.
+    pub fn score(rows: impl IntoIterator<Item = (f64, [f64; 3], f64)>) -> Self {
+        let mut acc = Accuracy::default();
+        let (mut ape, mut pin, mut cov) = (0.0, [0.0; 3], [0.0; 3]);
+        for (point, q, actual) in rows {
+            acc.rows += 1;
+            ape += ((point - actual) / actual).abs();
+            for i in 0..3 {
+                let a = QUANTILES[i];
+                let d = actual - q[i];
+                pin[i] += if d >= 0.0 { a * d } else { (a - 1.0) * d };
+                cov[i] += f64::from(u8::from(actual <= q[i]));
+            }
+        }
+        if acc.rows > 0 {
+            let n = acc.rows as f64;
+            acc.mape_percent = 100.0 * ape / n;
+            acc.pinball_ms = pin.map(|p| p / n);
+            acc.coverage = cov.map(|c| c / n);
+        }
+        acc
+    }
+}
+
+/// A target's chosen model with its calibration and accuracy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetModel {
+    pub regressor: Regressor,
+    pub conformal: Conformal,
+    /// On the evaluation half of the held-out slice.
+    pub accuracy: Accuracy,
+    /// Calibration-half MAPE of every family tried (for /status).
+    pub candidates: Vec<(Family, f64)>,
+    pub training_rows: usize,
+}
+
+/// Quantile predictions of one target, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Quantiles {
+    /// Point prediction (conditional median of the log model).
+    pub point: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+impl TargetModel {
+    #[inline]
+    pub fn predict(&self, x: &FeatureVector) -> Quantiles {
+        let point = self.regressor.predict_ms(x);
+        Quantiles {
+            point,
+            p50: point * self.conformal.factor(0.5),
+            p90: point * self.conformal.factor(0.9),
+            p99: point * self.conformal.factor(0.99),
+        }
+    }
+
+    /// The calibrated `q` quantile, ms.
+    #[inline]
+    pub fn quantile(&self, x: &FeatureVector, q: f64) -> f64 {
+        self.regressor.predict_ms(x) * self.conformal.factor(q)
+    }
+}
+
+/// Fitting knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FitParams {
+    pub gbdt: GbdtParams,
+    /// Elastic-net penalty of the linear family (on standardised inputs, log target).
+    pub linear_penalty: f64,
+    /// Fewest training rows to fit a target.
+    pub min_training_rows: usize,
+    /// Fewest held-out rows (calibration plus evaluation) to calibrate a target.
+    pub min_held_out_rows: usize,
+}
+
+impl Default for FitParams {
+    fn default() -> Self {
+        Self {
+            gbdt: GbdtParams::default(),
+            linear_penalty: 1e-4,
+            min_training_rows: 100,
+            min_held_out_rows: 20,
+        }
+    }
+}
+
+/// Rows of one target: features and the latency in ms.
+pub type Rows = [(FeatureVector, f64)];
+
+/// Fits every family on `train`, selects by calibration MAPE, calibrates quantiles on
+/// `calibration`, scores on `evaluation`.
+pub fn fit_target(
+    target: &'static str,
+    train: &Rows,
+    calibration: &Rows,
+    evaluation: &Rows,
+    params: &FitParams,
+) -> Result<TargetModel, FitError> {
+    if train.len() < params.min_training_rows.max(2) {
+        return Err(FitError::TooFewRows {
+            target,
+            have: train.len(),
+            need: params.min_training_rows.max(2),
+        });
+    }
+    let held = calibration.len() + evaluation.len();
+    if calibration.is_empty() || held < params.min_held_out_rows {
+        return Err(FitError::TooFewHeldOut {
+            target,
+            have: held,
+            need: params.min_held_out_rows.max(1),
+        });
+    }
+    let x: Vec<FeatureVector> = train.iter().map(|r| r.0).collect();
+    let y: Vec<f64> = train.iter().map(|r| r.1.ln()).collect();
+    let mut candidates: Vec<Regressor> = Vec::new();
+    if let Some(l) = Linear::fit(&x, &y, params.linear_penalty) {
+        candidates.push(Regressor::Linear(l));
+    }
+    candidates.push(Regressor::Gbdt(gbdt::fit(&x, &y, &params.gbdt)));
+    let mape = |m: &Regressor| {
+        calibration
+            .iter()
+            .map(|(f, a)| ((m.predict_ms(f) - a) / a).abs())
+            .sum::<f64>()
+            / calibration.len() as f64
+            * 100.0
+    };
+    let scored: Vec<(Family, f64)> = candidates.iter().map(|m| (m.family(), mape(m))).collect();
+    let best = scored
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+        .map_or(0, |(i, _)| i);
+    let regressor = candidates.swap_remove(best);
+    let ratios: Vec<f64> = calibration
+        .iter()
+        .map(|(f, a)| a / regressor.predict_ms(f))
+        .collect();
+    let conformal = Conformal::calibrate(&ratios).ok_or(FitError::TooFewHeldOut {
+        target,
+        have: 0,
+        need: 1,
+    })?;
+    let mut model = TargetModel {
+        regressor,
+        conformal,
+        accuracy: Accuracy::default(),
+        candidates: scored,
+        training_rows: train.len(),
+    };
+    let scored_on = if evaluation.is_empty() {
+        calibration
+    } else {
+        evaluation
+    };
+    model.accuracy = Accuracy::score(scored_on.iter().map(|(f, a)| {
+        let q = model.predict(f);
+        (q.point, [q.p50, q.p90, q.p99], *a)
+    }));
+    Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformal_factor_covers_the_requested_share() {
+        let ratios: Vec<f64> = (1..=1000).map(|i| i as f64 / 1000.0).collect();
+        let c = Conformal::calibrate(&ratios).unwrap();
+        let f90 = c.factor(0.9);
+        let covered = ratios.iter().filter(|&&r| r <= f90).count();
+        assert!((900..=902).contains(&covered), "{covered}");
+        assert!(c.factor(0.99) >= f90 && f90 >= c.factor(0.5));
+        assert!(Conformal::calibrate(&[]).is_none());
+    }
+
+    #[test]
+    fn accuracy_scores_mape_pinball_and_coverage() {
+        let acc = Accuracy::score([
+            (110.0, [100.0, 120.0, 150.0], 100.0),
+            (90.0, [90.0, 95.0, 99.0], 100.0),
+        ]);
+        assert_eq!(acc.rows, 2);
+        assert!((acc.mape_percent - 10.0).abs() < 1e-9);
+        assert_eq!(acc.coverage, [0.5, 0.5, 0.5]);
+        // q50 pinball: row 1 exact (0), row 2 under by 10 -> 0.5 * 10; mean 2.5
+        assert!((acc.pinball_ms[0] - 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn selection_prefers_the_family_that_fits_and_reports_both() {
+        // A step function of one feature: trees fit it, a linear model cannot.
+        let rows: Vec<(FeatureVector, f64)> = (0..2000)
+            .map(|i| {
+                let mut f = [0.0; N_FEATURES];
+                f[0] = (i % 100) as f64 / 100.0;
+                let y = if f[0] > 0.5 { 200.0 } else { 20.0 };
+                (f, y)
+            })
+            .collect();
+        let (train, held) = rows.split_at(1600);
+        let (cal, eval) = held.split_at(200);
+        let m = fit_target("ttft", train, cal, eval, &FitParams::default()).unwrap();
+        assert_eq!(m.regressor.family(), Family::Gbdt);
+        assert_eq!(m.candidates.len(), 2);
+        assert!(m.accuracy.mape_percent < 1.0, "{:?}", m.accuracy);
+        let err = fit_target("ttft", &train[..10], cal, eval, &FitParams::default());
+        assert!(matches!(err, Err(FitError::TooFewRows { .. })));
+    }
+
+    #[test]
+    fn a_linear_law_is_recovered_by_the_linear_family() {
+        let rows: Vec<(FeatureVector, f64)> = (0..3000)
+            .map(|i| {
+                let mut f = [0.0; N_FEATURES];
+                f[1] = 10.0 + (i * 37 % 4000) as f64;
+                f[3] = (i * 13 % 64) as f64;
+                // ln y linear in ln(1+input) and running: a power law with an exponential term
+                let y = 2.0 * (1.0 + f[1]).powf(0.8) * (0.01 * f[3]).exp();
+                (f, y)
+            })
+            .collect();
+        let (train, held) = rows.split_at(2400);
+        let (cal, eval) = held.split_at(300);
+        let m = fit_target("ttft", train, cal, eval, &FitParams::default()).unwrap();
+        let lin = m
+            .candidates
+            .iter()
+            .find(|c| c.0 == Family::Linear)
+            .unwrap()
+            .1;
+        assert!(lin < 1.0, "{:?}", m.candidates);
+    }
+}

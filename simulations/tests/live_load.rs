@@ -16,7 +16,12 @@ use live_common::{bucket_of, count_sum, quantile, scrape, value};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn workload(rate: f64, duration_s: f64, input: u32, output: u32) -> goodput_sim::workload::Workload {
+fn workload(
+    rate: f64,
+    duration_s: f64,
+    input: u32,
+    output: u32,
+) -> goodput_sim::workload::Workload {
     GeneratorSpec {
         rate,
         duration_s,
@@ -46,13 +51,19 @@ async fn client_latencies_agree_with_server_histograms() {
         time_scale: scale,
         ..ServerConfig::default()
     };
-    let servers = LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, 0, 1).await.unwrap();
+    let servers = LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, 0, 1)
+        .await
+        .unwrap();
     let base = servers.urls()[0].clone();
     let load = LoadConfig {
         urls: vec![base.clone()],
         max_duration_s: 10.0,
         request_timeout_s: 30.0,
-        slo: Some(Slo { ttft_ms: 10_000.0, itl_ms: 1_000.0, percentile: 100.0 }),
+        slo: Some(Slo {
+            ttft_ms: 10_000.0,
+            itl_ms: 1_000.0,
+            percentile: 100.0,
+        }),
         ..LoadConfig::default()
     };
     let (report, samples) = run_load(&load, &workload(6.0, 3.0, 512, 24)).await.unwrap();
@@ -71,8 +82,16 @@ async fn client_latencies_agree_with_server_histograms() {
 
     // Client quantiles (in simulated seconds) fall where the server's histograms put them, to
     // within one bucket of the histogram.
-    let mut ttft: Vec<f64> = samples.iter().filter_map(|s| s.ttft_s).map(|t| t * scale).collect();
-    let mut itl: Vec<f64> = samples.iter().flat_map(|s| s.itl_s.clone()).map(|t| t * scale).collect();
+    let mut ttft: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.ttft_s)
+        .map(|t| t * scale)
+        .collect();
+    let mut itl: Vec<f64> = samples
+        .iter()
+        .flat_map(|s| s.itl_s.clone())
+        .map(|t| t * scale)
+        .collect();
     for (name, values) in [
         ("vllm:time_to_first_token_seconds", &mut ttft),
         ("vllm:inter_token_latency_seconds", &mut itl),
@@ -101,7 +120,9 @@ async fn waiting_requests_rise_when_load_exceeds_capacity() {
         max_num_seqs: Some(2),
         ..ServerConfig::default()
     };
-    let servers = LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, 0, 1).await.unwrap();
+    let servers = LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, 0, 1)
+        .await
+        .unwrap();
     let base = servers.urls()[0].clone();
     let load = LoadConfig {
         urls: vec![base.clone()],
@@ -134,14 +155,26 @@ async fn waiting_requests_rise_when_load_exceeds_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_load_reports_errors_by_kind_and_replays_traces() {
     let catalog = Catalog::builtin();
-    let good = LiveServers::start(&catalog, &ServerConfig { time_scale: 20.0, ..ServerConfig::default() }, LOCAL, 0, 1)
-        .await
-        .unwrap();
+    let good = LiveServers::start(
+        &catalog,
+        &ServerConfig {
+            time_scale: 20.0,
+            ..ServerConfig::default()
+        },
+        LOCAL,
+        0,
+        1,
+    )
+    .await
+    .unwrap();
     let bad = LiveServers::start(
         &catalog,
         &ServerConfig {
             time_scale: 20.0,
-            faults: FaultConfig { error_rate: 1.0, ..FaultConfig::default() },
+            faults: FaultConfig {
+                error_rate: 1.0,
+                ..FaultConfig::default()
+            },
             ..ServerConfig::default()
         },
         LOCAL,
@@ -155,7 +188,12 @@ async fn round_robin_load_reports_errors_by_kind_and_replays_traces() {
     let trace = dir.join("mini.csv");
     let mut csv = String::from("TIMESTAMP,ContextTokens,GeneratedTokens\n");
     for i in 0..10 {
-        csv.push_str(&format!("2023-11-16 18:15:46.{:03}0000,{},{}\n", i * 50, 100 + i * 10, 5 + i));
+        csv.push_str(&format!(
+            "2023-11-16 18:15:46.{:03}0000,{},{}\n",
+            i * 50,
+            100 + i * 10,
+            5 + i
+        ));
     }
     std::fs::write(&trace, csv).unwrap();
     let w = load_trace(&trace).unwrap();
@@ -163,7 +201,11 @@ async fn round_robin_load_reports_errors_by_kind_and_replays_traces() {
     let load = LoadConfig {
         urls: vec![good.urls()[0].clone(), bad.urls()[0].clone()],
         request_timeout_s: 30.0,
-        slo: Some(Slo { ttft_ms: 60_000.0, itl_ms: 60_000.0, percentile: 100.0 }),
+        slo: Some(Slo {
+            ttft_ms: 60_000.0,
+            itl_ms: 60_000.0,
+            percentile: 100.0,
+        }),
         ..LoadConfig::default()
     };
     let (report, samples) = run_load(&load, &w).await.unwrap();

@@ -8,7 +8,9 @@ mod live_common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use goodput_core::vllm::{ITERATION_TOKEN_BUCKETS, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS, buckets_1_2_5};
+use goodput_core::vllm::{
+    ITERATION_TOKEN_BUCKETS, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS, buckets_1_2_5,
+};
 use goodput_core::{Catalog, Role};
 use goodput_sim::live::{FaultConfig, LiveServers, ServerConfig};
 use live_common::{count_sum, parse_exposition, scrape, value};
@@ -38,7 +40,10 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, String
 }
 
 fn sse_events(text: &str) -> Vec<String> {
-    assert!(text.ends_with("data: [DONE]\n\n"), "stream must end with [DONE]: {text}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream must end with [DONE]: {text}"
+    );
     text.split("\n\n")
         .filter(|e| !e.is_empty())
         .map(|e| e.strip_prefix("data: ").expect("data: framing").to_string())
@@ -49,7 +54,13 @@ fn le_strings(bounds: &[f64]) -> Vec<String> {
     // Python's float repr for these bounds: integers get ".0".
     let mut v: Vec<String> = bounds
         .iter()
-        .map(|b| if b.fract() == 0.0 { format!("{b:.1}") } else { format!("{b}") })
+        .map(|b| {
+            if b.fract() == 0.0 {
+                format!("{b:.1}")
+            } else {
+                format!("{b}")
+            }
+        })
         .collect();
     v.push("+Inf".into());
     v
@@ -103,23 +114,83 @@ async fn exposition_has_every_required_vllm_metric() {
         ("vllm:prompt_tokens_total", "counter", None),
         ("vllm:generation_tokens_total", "counter", None),
         ("vllm:request_success_total", "counter", None),
-        ("vllm:request_prompt_tokens", "histogram", Some(lengths.clone())),
-        ("vllm:request_generation_tokens", "histogram", Some(lengths.clone())),
-        ("vllm:iteration_tokens_total", "histogram", Some(ITERATION_TOKEN_BUCKETS.to_vec())),
-        ("vllm:request_max_num_generation_tokens", "histogram", Some(lengths.clone())),
-        ("vllm:request_params_n", "histogram", Some(vec![1.0, 2.0, 5.0, 10.0, 20.0])),
-        ("vllm:request_params_max_tokens", "histogram", Some(lengths.clone())),
-        ("vllm:time_to_first_token_seconds", "histogram", Some(TTFT_BUCKETS.to_vec())),
-        ("vllm:inter_token_latency_seconds", "histogram", Some(ITL_BUCKETS.to_vec())),
-        ("vllm:request_time_per_output_token_seconds", "histogram", Some(ITL_BUCKETS.to_vec())),
-        ("vllm:e2e_request_latency_seconds", "histogram", Some(REQUEST_LATENCY_BUCKETS.to_vec())),
-        ("vllm:request_queue_time_seconds", "histogram", Some(REQUEST_LATENCY_BUCKETS.to_vec())),
-        ("vllm:request_inference_time_seconds", "histogram", Some(REQUEST_LATENCY_BUCKETS.to_vec())),
-        ("vllm:request_prefill_time_seconds", "histogram", Some(REQUEST_LATENCY_BUCKETS.to_vec())),
-        ("vllm:request_decode_time_seconds", "histogram", Some(REQUEST_LATENCY_BUCKETS.to_vec())),
+        (
+            "vllm:request_prompt_tokens",
+            "histogram",
+            Some(lengths.clone()),
+        ),
+        (
+            "vllm:request_generation_tokens",
+            "histogram",
+            Some(lengths.clone()),
+        ),
+        (
+            "vllm:iteration_tokens_total",
+            "histogram",
+            Some(ITERATION_TOKEN_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:request_max_num_generation_tokens",
+            "histogram",
+            Some(lengths.clone()),
+        ),
+        (
+            "vllm:request_params_n",
+            "histogram",
+            Some(vec![1.0, 2.0, 5.0, 10.0, 20.0]),
+        ),
+        (
+            "vllm:request_params_max_tokens",
+            "histogram",
+            Some(lengths.clone()),
+        ),
+        (
+            "vllm:time_to_first_token_seconds",
+            "histogram",
+            Some(TTFT_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:inter_token_latency_seconds",
+            "histogram",
+            Some(ITL_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:request_time_per_output_token_seconds",
+            "histogram",
+            Some(ITL_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:e2e_request_latency_seconds",
+            "histogram",
+            Some(REQUEST_LATENCY_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:request_queue_time_seconds",
+            "histogram",
+            Some(REQUEST_LATENCY_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:request_inference_time_seconds",
+            "histogram",
+            Some(REQUEST_LATENCY_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:request_prefill_time_seconds",
+            "histogram",
+            Some(REQUEST_LATENCY_BUCKETS.to_vec()),
+        ),
+        (
+            "vllm:request_decode_time_seconds",
+            "histogram",
+            Some(REQUEST_LATENCY_BUCKETS.to_vec()),
+        ),
         ("vllm:cache_config_info", "gauge", None),
         // Behind the deprecation flag.
-        ("vllm:time_per_output_token_seconds", "histogram", Some(ITL_BUCKETS.to_vec())),
+        (
+            "vllm:time_per_output_token_seconds",
+            "histogram",
+            Some(ITL_BUCKETS.to_vec()),
+        ),
         ("vllm:gpu_cache_usage_perc", "gauge", None),
     ];
     for (name, kind, bounds) in &required {
@@ -130,33 +201,58 @@ async fn exposition_has_every_required_vllm_metric() {
             let names: Vec<&str> = s.labels.iter().map(|(k, _)| k.as_str()).collect();
             let mut sorted = names.clone();
             sorted.sort_unstable();
-            assert_eq!(names, sorted, "{name}: labels sorted as prometheus_client writes them");
+            assert_eq!(
+                names, sorted,
+                "{name}: labels sorted as prometheus_client writes them"
+            );
             assert_eq!(s.label("engine"), Some("0"), "{name}");
             if *name != "vllm:cache_config_info" {
                 assert_eq!(s.label("model_name"), Some("llama-8b"), "{name}");
             }
         }
         if let Some(bounds) = bounds {
-            let le: Vec<String> = live_common::buckets(f, name).into_iter().map(|(le, _)| le).collect();
+            let le: Vec<String> = live_common::buckets(f, name)
+                .into_iter()
+                .map(|(le, _)| le)
+                .collect();
             assert_eq!(le, le_strings(bounds), "{name} buckets");
         }
         if *kind == "counter" || *kind == "histogram" {
-            let base = name.strip_suffix("_total").filter(|_| *kind == "counter").unwrap_or(name);
+            let base = name
+                .strip_suffix("_total")
+                .filter(|_| *kind == "counter")
+                .unwrap_or(name);
             let created = format!("{base}_created");
-            assert_eq!(fams.get(&created).map(|f| f.kind.as_str()), Some("gauge"), "{created}");
+            assert_eq!(
+                fams.get(&created).map(|f| f.kind.as_str()),
+                Some("gauge"),
+                "{created}"
+            );
         }
     }
     // Every finish reason pre-created; the 4 requests stopped at their length.
     let success = &fams["vllm:request_success_total"];
     for reason in ["stop", "length", "abort"] {
-        assert!(success.samples.iter().any(|s| s.label("finished_reason") == Some(reason)));
+        assert!(
+            success
+                .samples
+                .iter()
+                .any(|s| s.label("finished_reason") == Some(reason))
+        );
     }
-    let length = success.samples.iter().find(|s| s.label("finished_reason") == Some("length")).unwrap();
+    let length = success
+        .samples
+        .iter()
+        .find(|s| s.label("finished_reason") == Some("length"))
+        .unwrap();
     assert_eq!(length.value, 4.0);
     assert_eq!(value(&fams, "vllm:generation_tokens_total"), 32.0);
     assert_eq!(count_sum(&fams, "vllm:time_to_first_token_seconds").0, 4.0);
     assert_eq!(count_sum(&fams, "vllm:inter_token_latency_seconds").0, 28.0);
-    assert_eq!(count_sum(&fams, "vllm:request_params_max_tokens"), (4.0, 32.0));
+    assert_eq!(
+        count_sum(&fams, "vllm:request_params_max_tokens"),
+        (4.0, 32.0)
+    );
     // The cache info has no model_name, and integer strings the EPP can Atoi.
     let info = &fams["vllm:cache_config_info"].samples[0];
     assert_eq!(info.label("model_name"), None);
@@ -185,18 +281,29 @@ async fn streams_are_shaped_like_vllm() {
     assert_eq!(status, 200);
     let events = sse_events(&text);
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let ids: Vec<&str> = chunks.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert!(ids.iter().all(|i| *i == ids[0] && i.starts_with("cmpl-")));
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!(usage["usage"], json!({"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3}));
+    assert_eq!(
+        usage["usage"],
+        json!({"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3})
+    );
     let token_chunks = &chunks[..chunks.len() - 1];
     assert_eq!(token_chunks.len(), 3, "one chunk per engine step");
     for c in token_chunks {
         assert_eq!(c["object"], "text_completion");
         assert!(c["usage"].is_null() && c.as_object().unwrap().contains_key("usage"));
-        assert!(c["choices"][0].as_object().unwrap().contains_key("stop_reason"));
+        assert!(
+            c["choices"][0]
+                .as_object()
+                .unwrap()
+                .contains_key("stop_reason")
+        );
     }
     assert_eq!(token_chunks[2]["choices"][0]["finish_reason"], "length");
     assert!(token_chunks[1]["choices"][0]["finish_reason"].is_null());
@@ -210,9 +317,15 @@ async fn streams_are_shaped_like_vllm() {
     .await;
     assert_eq!(status, 200);
     let events = sse_events(&text);
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     assert_eq!(chunks.len(), 3);
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     assert!(!chunks[1].as_object().unwrap().contains_key("usage"));
     assert_eq!(chunks[2]["choices"][0]["finish_reason"], "length");
     assert!(chunks[2]["choices"][0]["stop_reason"].is_null());
@@ -230,10 +343,21 @@ async fn streams_are_shaped_like_vllm() {
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["usage"]["completion_tokens"], 4);
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
-    let models: Value = client.get(format!("{}/v1/models", urls[0])).send().await.unwrap().json().await.unwrap();
+    let models: Value = client
+        .get(format!("{}/v1/models", urls[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["data"][0]["id"], "llama-3.1-8b");
     assert_eq!(models["data"][0]["owned_by"], "vllm");
-    let health = client.get(format!("{}/health", urls[0])).send().await.unwrap();
+    let health = client
+        .get(format!("{}/health", urls[0]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status().as_u16(), 200);
     servers.shutdown().await;
 }
@@ -248,7 +372,10 @@ async fn malformed_requests_get_400s_naming_the_field() {
         (json!({"prompt": "x", "max_tokens": 0}), "max_tokens"),
         (json!({"max_tokens": 4}), "prompt"),
         (json!({"prompt": {"a": 1}}), "prompt"),
-        (json!({"prompt": "x", "stream_options": {"include_usage": true}}), "stream_options"),
+        (
+            json!({"prompt": "x", "stream_options": {"include_usage": true}}),
+            "stream_options",
+        ),
         (json!({"prompt": "x", "max_tokens": 200000}), "prompt"),
     ];
     for (body, field) in cases {
@@ -259,7 +386,12 @@ async fn malformed_requests_get_400s_naming_the_field() {
         assert_eq!(v["error"]["code"], 400);
         assert_eq!(v["error"]["param"], field, "{body}: {text}");
     }
-    let r = client.post(&url).body("{\"prompt\": ").send().await.unwrap();
+    let r = client
+        .post(&url)
+        .body("{\"prompt\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let (status, text) = post(&client, &url, &json!({"prompt": "x", "model": "gpt-9"})).await;
     assert_eq!(status, 404);
@@ -273,7 +405,14 @@ async fn malformed_requests_get_400s_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_usage_follows_the_running_request() {
     // Real time (scale 1) with a long output, so the request is mid-decode when scraped.
-    let (servers, urls) = start(ServerConfig { time_scale: 1.0, ..ServerConfig::default() }, 1).await;
+    let (servers, urls) = start(
+        ServerConfig {
+            time_scale: 1.0,
+            ..ServerConfig::default()
+        },
+        1,
+    )
+    .await;
     let client = reqwest::Client::new();
     let base = urls[0].clone();
     let before = scrape(&client, &base).await;
@@ -300,7 +439,9 @@ async fn kv_usage_follows_the_running_request() {
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let m = scrape(&client, &base).await;
-        if value(&m, "vllm:num_requests_running") == 1.0 && value(&m, "vllm:generation_tokens_total") > 0.0 {
+        if value(&m, "vllm:num_requests_running") == 1.0
+            && value(&m, "vllm:generation_tokens_total") > 0.0
+        {
             seen = Some(value(&m, "vllm:kv_cache_usage_perc"));
             break;
         }
@@ -308,7 +449,10 @@ async fn kv_usage_follows_the_running_request() {
     let usage = seen.expect("request never seen running");
     let lo = (prompt_tokens / 16.0_f64).ceil() / blocks;
     let hi = ((prompt_tokens + out) / 16.0_f64).ceil() / blocks;
-    assert!(usage >= lo && usage <= hi, "usage {usage} outside [{lo}, {hi}]");
+    assert!(
+        usage >= lo && usage <= hi,
+        "usage {usage} outside [{lo}, {hi}]"
+    );
     let (status, _) = req.await.unwrap();
     assert_eq!(status, 200);
     let after = scrape(&client, &base).await;
@@ -319,8 +463,22 @@ async fn kv_usage_follows_the_running_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_server_pulls_kv_from_the_prefill_server() {
-    let (prefill, p_urls) = start(ServerConfig { role: Role::Prefill, ..fast() }, 1).await;
-    let (decode, d_urls) = start(ServerConfig { role: Role::Decode, ..fast() }, 1).await;
+    let (prefill, p_urls) = start(
+        ServerConfig {
+            role: Role::Prefill,
+            ..fast()
+        },
+        1,
+    )
+    .await;
+    let (decode, d_urls) = start(
+        ServerConfig {
+            role: Role::Decode,
+            ..fast()
+        },
+        1,
+    )
+    .await;
     let client = reqwest::Client::new();
     let prefiller = p_urls[0].trim_start_matches("http://").to_string();
     let prompt = "abcd".repeat(1000);
@@ -380,14 +538,22 @@ async fn decode_server_pulls_kv_from_the_prefill_server() {
 async fn injected_errors_and_crashes_are_visible_to_clients() {
     let (servers, urls) = start(
         ServerConfig {
-            faults: FaultConfig { error_rate: 1.0, ..FaultConfig::default() },
+            faults: FaultConfig {
+                error_rate: 1.0,
+                ..FaultConfig::default()
+            },
             ..fast()
         },
         1,
     )
     .await;
     let client = reqwest::Client::new();
-    let (status, text) = post(&client, &format!("{}/v1/completions", urls[0]), &json!({"prompt": "x"})).await;
+    let (status, text) = post(
+        &client,
+        &format!("{}/v1/completions", urls[0]),
+        &json!({"prompt": "x"}),
+    )
+    .await;
     assert_eq!(status, 500);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["error"]["type"], "InternalServerError");
@@ -395,13 +561,20 @@ async fn injected_errors_and_crashes_are_visible_to_clients() {
 
     let (servers, urls) = start(
         ServerConfig {
-            faults: FaultConfig { crash_every_s: Some(0.4), down_for_s: 0.4, ..FaultConfig::default() },
+            faults: FaultConfig {
+                crash_every_s: Some(0.4),
+                down_for_s: 0.4,
+                ..FaultConfig::default()
+            },
             ..fast()
         },
         1,
     )
     .await;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     // Poll /health: up, then down (connection refused), then up again.
     let mut states = Vec::new();
     for _ in 0..150 {

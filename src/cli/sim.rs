@@ -99,7 +99,12 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct LoadArgs {
     /// Base URL of a server (repeat for several: requests go round-robin).
-    #[arg(long = "url", env = "GOODPUT_LOAD_URL", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "url",
+        env = "GOODPUT_LOAD_URL",
+        value_delimiter = ',',
+        required = true
+    )]
     pub urls: Vec<String>,
     /// Replay this trace (Azure CSV or Mooncake JSONL) at its own timestamps.
     #[arg(long, env = "GOODPUT_LOAD_TRACE", conflicts_with = "rate")]

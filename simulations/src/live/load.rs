@@ -178,7 +178,9 @@ pub fn synth_prompt(req: &RequestSpec, hash_block_tokens: u32, seed: u64) -> Str
     for i in 0..req.input_tokens as usize {
         let key = match req.hash_ids.get(i / hbt) {
             Some(h) => super::splitmix64(seed ^ super::splitmix64(*h)) ^ (i % hbt) as u64,
-            None => super::splitmix64(seed ^ 0xa5a5 ^ super::splitmix64(req.id)) ^ ((i as u64) << 20),
+            None => {
+                super::splitmix64(seed ^ 0xa5a5 ^ super::splitmix64(req.id)) ^ ((i as u64) << 20)
+            }
         };
         let x = super::splitmix64(key);
         for k in 0..CHARS_PER_TOKEN - 1 {
@@ -437,7 +439,10 @@ pub fn summarise(
             ttft_ms: slo.ttft_ms,
             itl_ms: slo.itl_ms,
             attainment: meets(&|s| {
-                slo.met_by(s.ttft_s.unwrap_or(f64::INFINITY), s.tpot_s().unwrap_or(f64::INFINITY))
+                slo.met_by(
+                    s.ttft_s.unwrap_or(f64::INFINITY),
+                    s.tpot_s().unwrap_or(f64::INFINITY),
+                )
             }),
             ttft_met: meets(&|s| s.ttft_s.is_some_and(|t| t * 1e3 <= slo.ttft_ms)),
             itl_met: meets(&|s| s.tpot_s().is_some_and(|t| t * 1e3 <= slo.itl_ms)),

@@ -27,7 +27,11 @@ pub enum FinishReason {
 
 impl FinishReason {
     /// Every reason, pre-created at 0 as vLLM does.
-    pub const ALL: [FinishReason; 3] = [FinishReason::Stop, FinishReason::Length, FinishReason::Abort];
+    pub const ALL: [FinishReason; 3] = [
+        FinishReason::Stop,
+        FinishReason::Length,
+        FinishReason::Abort,
+    ];
 
     /// The OpenAI/vLLM string.
     pub fn as_str(self) -> &'static str {
@@ -157,7 +161,9 @@ pub fn go_float(v: f64) -> String {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', r"\\").replace('\n', r"\n").replace('"', "\\\"")
+    v.replace('\\', r"\\")
+        .replace('\n', r"\n")
+        .replace('"', "\\\"")
 }
 
 /// Writes families into a page.
@@ -470,6 +476,6 @@ mod tests {
         ));
         assert!(page.contains("# TYPE vllm:prompt_tokens_created gauge\n"));
         assert!(page.contains("num_gpu_blocks=\"100\""));
-        assert!(!page.contains("time_per_output_token_seconds_bucket"));
+        assert!(!page.contains("vllm:time_per_output_token_seconds_bucket"));
     }
 }

@@ -145,9 +145,8 @@ pub struct ParsedRequest {
 /// Parses and validates a request body for `api`. Unknown fields are ignored, as vLLM ignores
 /// them; every known field is type- and range-checked.
 pub fn parse_request(api: Api, body: &[u8]) -> Result<ParsedRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(None, format!("JSON decode error: {e}"))
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(None, format!("JSON decode error: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(ApiError::bad_request(
             None,
@@ -186,7 +185,9 @@ pub fn parse_request(api: Api, body: &[u8]) -> Result<ParsedRequest, ApiError> {
         if min_tokens > m {
             return Err(ApiError::bad_request(
                 Some("min_tokens"),
-                format!("min_tokens must be less than or equal to max_tokens={m}, got {min_tokens}."),
+                format!(
+                    "min_tokens must be less than or equal to max_tokens={m}, got {min_tokens}."
+                ),
             ));
         }
     }
@@ -422,7 +423,13 @@ fn parse_messages(obj: &Map<String, Value>) -> Result<(u32, Vec<u64>), ApiError>
         };
         let role = match msg.get("role") {
             Some(Value::String(r)) => r.as_str(),
-            Some(other) => return Err(type_error(&format!("messages[{i}].role"), "a string", other)),
+            Some(other) => {
+                return Err(type_error(
+                    &format!("messages[{i}].role"),
+                    "a string",
+                    other,
+                ));
+            }
             None => {
                 return Err(ApiError::bad_request(
                     Some(&format!("messages[{i}].role")),
@@ -455,7 +462,9 @@ fn parse_messages(obj: &Map<String, Value>) -> Result<(u32, Vec<u64>), ApiError>
                         _ => {
                             return Err(ApiError::bad_request(
                                 Some(&field),
-                                format!("{field} must be {{\"type\": \"text\", \"text\": <string>}}"),
+                                format!(
+                                    "{field} must be {{\"type\": \"text\", \"text\": <string>}}"
+                                ),
                             ));
                         }
                     }
@@ -518,9 +527,11 @@ fn opt_u32(obj: &Map<String, Value>, k: &str) -> Result<Option<u32>, ApiError> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
             // Integral floats (`16.0`) are accepted, as pydantic accepts them.
-            let v = n
-                .as_u64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
+            let v = n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            });
             match v.and_then(|v| u32::try_from(v).ok()) {
                 Some(v) => Ok(Some(v)),
                 None => Err(ApiError::bad_request(
@@ -710,8 +721,22 @@ pub fn chat_response(out: &FinalOutput<'_>) -> Value {
 }
 
 const WORDS: [&str; 16] = [
-    " the", " model", " is", " simulated", " and", " each", " word", " here", " stands", " for",
-    " one", " token", " of", " output", " text", ".",
+    " the",
+    " model",
+    " is",
+    " simulated",
+    " and",
+    " each",
+    " word",
+    " here",
+    " stands",
+    " for",
+    " one",
+    " token",
+    " of",
+    " output",
+    " text",
+    ".",
 ];
 
 /// The text of generated tokens `from..to` (0-based): one word per token.
@@ -749,21 +774,45 @@ mod tests {
             serde_json::json!({"prompt": "x", "stream": true, "stream_options": {}}),
         )
         .unwrap();
-        assert!(r.include_usage, "stream_options present => include_usage defaults to true");
+        assert!(
+            r.include_usage,
+            "stream_options present => include_usage defaults to true"
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (serde_json::json!({"prompt": "x", "max_tokens": "ten"}), "max_tokens"),
-            (serde_json::json!({"prompt": "x", "max_tokens": 0}), "max_tokens"),
-            (serde_json::json!({"prompt": "x", "max_tokens": -3}), "max_tokens"),
+            (
+                serde_json::json!({"prompt": "x", "max_tokens": "ten"}),
+                "max_tokens",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "max_tokens": -3}),
+                "max_tokens",
+            ),
             (serde_json::json!({"max_tokens": 3}), "prompt"),
             (serde_json::json!({"prompt": 7}), "prompt"),
-            (serde_json::json!({"prompt": "x", "stream_options": {"include_usage": true}}), "stream_options"),
-            (serde_json::json!({"prompt": "x", "stream": "yes"}), "stream"),
-            (serde_json::json!({"prompt": "x", "min_tokens": 20, "max_tokens": 5}), "min_tokens"),
-            (serde_json::json!({"prompt": "x", "kv_transfer_params": {"remote_block_ids": ["a"]}}), "kv_transfer_params.remote_block_ids"),
+            (
+                serde_json::json!({"prompt": "x", "stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "stream": "yes"}),
+                "stream",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "min_tokens": 20, "max_tokens": 5}),
+                "min_tokens",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "kv_transfer_params": {"remote_block_ids": ["a"]}}),
+                "kv_transfer_params.remote_block_ids",
+            ),
             (serde_json::json!({"prompt": "x", "top_p": 0}), "top_p"),
         ];
         for (body, field) in cases {
@@ -771,7 +820,11 @@ mod tests {
             assert_eq!(e.status, 400, "{body}");
             assert_eq!(e.param.as_deref(), Some(field), "{body}: {e}");
         }
-        let e = parse(Api::Chat, serde_json::json!({"messages": [{"content": "hi"}]})).unwrap_err();
+        let e = parse(
+            Api::Chat,
+            serde_json::json!({"messages": [{"content": "hi"}]}),
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
         let e = parse_request(Api::Chat, b"{not json").unwrap_err();
         assert_eq!(e.status, 400);

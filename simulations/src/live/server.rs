@@ -164,7 +164,10 @@ pub fn resolve(catalog: &Catalog, cfg: &ServerConfig) -> Result<Resolved, LiveEr
         return Err(invalid("time_scale", "must be positive"));
     }
     if cfg.tp == 0 || !cfg.tp.is_power_of_two() {
-        return Err(invalid("tp", format!("must be a power of two, got {}", cfg.tp)));
+        return Err(invalid(
+            "tp",
+            format!("must be a power of two, got {}", cfg.tp),
+        ));
     }
     if !(cfg.kv_transfer_efficiency > 0.0 && cfg.kv_transfer_efficiency <= 1.0) {
         return Err(invalid("kv_transfer_efficiency", "must be in (0, 1]"));
@@ -251,17 +254,15 @@ impl LiveServers {
             let port = if port_base == 0 {
                 0
             } else {
-                port_base.checked_add(i).ok_or_else(|| {
-                    invalid("port_base", "port_base + replicas exceeds 65535")
-                })?
+                port_base
+                    .checked_add(i)
+                    .ok_or_else(|| invalid("port_base", "port_base + replicas exceeds 65535"))?
             };
             let listener = bind(SocketAddr::new(host, port))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| LiveError::Bind {
-                    addr: SocketAddr::new(host, port),
-                    source,
-                })?;
+            let addr = listener.local_addr().map_err(|source| LiveError::Bind {
+                addr: SocketAddr::new(host, port),
+                source,
+            })?;
             let replica = Replica {
                 cfg: cfg.clone(),
                 resolved: resolved.clone(),
@@ -513,19 +514,24 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(health).post(health))
         .route("/version", get(version))
         .with_state(state)
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let faults = faults.clone();
-            async move {
-                faults.wait_stall().await;
-                next.run(req).await
-            }
-        }))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let faults = faults.clone();
+                async move {
+                    faults.wait_stall().await;
+                    next.run(req).await
+                }
+            },
+        ))
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body.to_string(),
     )
         .into_response()
@@ -587,7 +593,10 @@ async fn metrics_page(State(st): State<Arc<AppState>>) -> Response {
     match st.driver.snapshot().await {
         Some(s) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
             metrics::render(&s),
         )
             .into_response(),
@@ -595,11 +604,7 @@ async fn metrics_page(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn completions(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     generate(st, Api::Completions, &headers, body).await
 }
 
@@ -698,7 +703,11 @@ fn output_length(
         Some(m) => {
             if prompt + u64::from(m) > st.max_model_len {
                 return Err(ApiError::bad_request(
-                    Some(if req.api == Api::Chat { "messages" } else { "prompt" }),
+                    Some(if req.api == Api::Chat {
+                        "messages"
+                    } else {
+                        "prompt"
+                    }),
                     format!(
                         "This model's maximum context length is {} tokens. However, you requested \
                          {} tokens ({} in the messages, {} in the completion). Please reduce the \
@@ -827,7 +836,10 @@ async fn remote_prefill(
         return Ok(None);
     }
     let value: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
-    let kv = value.get("kv_transfer_params").cloned().unwrap_or(Value::Null);
+    let kv = value
+        .get("kv_transfer_params")
+        .cloned()
+        .unwrap_or(Value::Null);
     let wrapped = serde_json::json!({"prompt": "x", "kv_transfer_params": kv});
     match protocol::parse_request(Api::Completions, wrapped.to_string().as_bytes()) {
         Ok(ParsedRequest {

@@ -47,7 +47,9 @@ fn parse_value(s: &str) -> Result<f64, String> {
         "+Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        _ => s.parse::<f64>().map_err(|e| format!("bad value {s:?}: {e}")),
+        _ => s
+            .parse::<f64>()
+            .map_err(|e| format!("bad value {s:?}: {e}")),
     }
 }
 
@@ -122,7 +124,9 @@ pub fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> 
             return Err(ctx("empty line".into()));
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').ok_or_else(|| ctx("HELP without text".into()))?;
+            let (name, help) = rest
+                .split_once(' ')
+                .ok_or_else(|| ctx("HELP without text".into()))?;
             if !valid_metric_name(name) {
                 return Err(ctx("bad metric name".into()));
             }
@@ -135,7 +139,9 @@ pub fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> 
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').ok_or_else(|| ctx("TYPE without type".into()))?;
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| ctx("TYPE without type".into()))?;
             if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
                 return Err(ctx(format!("unknown type {kind}")));
             }
@@ -165,7 +171,9 @@ pub fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> 
             return Err(ctx("timestamps are not expected".into()));
         }
         let value = parse_value(value_str).map_err(ctx)?;
-        let fam_name = current.clone().ok_or_else(|| ctx("sample before any TYPE".into()))?;
+        let fam_name = current
+            .clone()
+            .ok_or_else(|| ctx("sample before any TYPE".into()))?;
         let fam = families
             .get_mut(&fam_name)
             .ok_or_else(|| ctx("no family".into()))?;
@@ -174,12 +182,18 @@ pub fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> 
                 .iter()
                 .map(|s| format!("{fam_name}{s}"))
                 .collect(),
-            "summary" => vec![fam_name.clone(), format!("{fam_name}_count"), format!("{fam_name}_sum")],
+            "summary" => vec![
+                fam_name.clone(),
+                format!("{fam_name}_count"),
+                format!("{fam_name}_sum"),
+            ],
             "" => return Err(ctx("family without TYPE".into())),
             _ => vec![fam_name.clone()],
         };
         if !allowed.iter().any(|a| a == name) {
-            return Err(ctx(format!("sample {name} does not belong to family {fam_name}")));
+            return Err(ctx(format!(
+                "sample {name} does not belong to family {fam_name}"
+            )));
         }
         fam.samples.push(Sample {
             name: name.to_string(),

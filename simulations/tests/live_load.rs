@@ -2,6 +2,9 @@
 //! own histograms (within their resolution), queues build when load exceeds capacity, errors
 //! are reported per kind, and trace files replay. Everything runs on loopback, in-process.
 
+// Helpers outside #[test] functions unwrap too: this whole crate is test code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod live_common;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -3,6 +3,9 @@
 //! usage, errors), KV usage against the engine, P/D hand-off, and fault injection. Servers run
 //! in-process on ephemeral loopback ports with a large time scale.
 
+// Helpers outside #[test] functions unwrap too: this whole crate is test code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod live_common;
 
 use std::net::{IpAddr, Ipv4Addr};

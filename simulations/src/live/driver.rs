@@ -219,15 +219,15 @@ impl Driver {
                 } else {
                     None
                 };
-                if finish.is_none() {
-                    if let Some(p) = self.pending.get(&id) {
-                        // A closed receiver (client gone) is not an error: the engine model has
-                        // no abort, so the request runs to its end.
-                        let _ = p.events.send(StreamEvent::Tokens {
-                            generated,
-                            finish: None,
-                        });
-                    }
+                if finish.is_none()
+                    && let Some(p) = self.pending.get(&id)
+                {
+                    // A closed receiver (client gone) is not an error: the engine model has
+                    // no abort, so the request runs to its end.
+                    let _ = p.events.send(StreamEvent::Tokens {
+                        generated,
+                        finish: None,
+                    });
                 }
             }
         }

@@ -149,13 +149,14 @@ pub fn go_float(v: f64) -> String {
         return "NaN".into();
     }
     let s = py_repr(v);
-    if let Some(dot) = s.find('.') {
-        if v > 0.0 && dot > 6 {
-            let digits = format!("{}{}", &s[1..dot], &s[dot + 1..]);
-            let mantissa = format!("{}.{}", &s[..1], digits);
-            let mantissa = mantissa.trim_end_matches(['0', '.']);
-            return format!("{mantissa}e+0{}", dot - 1);
-        }
+    if let Some(dot) = s.find('.')
+        && v > 0.0
+        && dot > 6
+    {
+        let digits = format!("{}{}", &s[1..dot], &s[dot + 1..]);
+        let mantissa = format!("{}.{}", &s[..1], digits);
+        let mantissa = mantissa.trim_end_matches(['0', '.']);
+        return format!("{mantissa}e+0{}", dot - 1);
     }
     s
 }

@@ -167,29 +167,27 @@ pub fn parse_request(api: Api, body: &[u8]) -> Result<ParsedRequest, ApiError> {
             None => opt_u32(&obj, "max_tokens")?,
         },
     };
-    if let Some(m) = max_tokens {
-        if m == 0 {
-            let field = if api == Api::Chat && obj.contains_key("max_completion_tokens") {
-                "max_completion_tokens"
-            } else {
-                "max_tokens"
-            };
-            return Err(ApiError::bad_request(
-                Some(field),
-                format!("{field} must be at least 1, got 0."),
-            ));
-        }
+    if let Some(m) = max_tokens
+        && m == 0
+    {
+        let field = if api == Api::Chat && obj.contains_key("max_completion_tokens") {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        return Err(ApiError::bad_request(
+            Some(field),
+            format!("{field} must be at least 1, got 0."),
+        ));
     }
     let min_tokens = opt_u32(&obj, "min_tokens")?.unwrap_or(0);
-    if let Some(m) = max_tokens {
-        if min_tokens > m {
-            return Err(ApiError::bad_request(
-                Some("min_tokens"),
-                format!(
-                    "min_tokens must be less than or equal to max_tokens={m}, got {min_tokens}."
-                ),
-            ));
-        }
+    if let Some(m) = max_tokens
+        && min_tokens > m
+    {
+        return Err(ApiError::bad_request(
+            Some("min_tokens"),
+            format!("min_tokens must be less than or equal to max_tokens={m}, got {min_tokens}."),
+        ));
     }
     let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
     let (include_usage, continuous_usage) = match obj.get("stream_options") {
@@ -218,21 +216,21 @@ pub fn parse_request(api: Api, body: &[u8]) -> Result<ParsedRequest, ApiError> {
             format!("n must be 1 on this simulated server, got {n}."),
         ));
     }
-    if let Some(t) = opt_f64(&obj, "temperature")? {
-        if t < 0.0 {
-            return Err(ApiError::bad_request(
-                Some("temperature"),
-                format!("temperature must be non-negative, got {t}."),
-            ));
-        }
+    if let Some(t) = opt_f64(&obj, "temperature")?
+        && t < 0.0
+    {
+        return Err(ApiError::bad_request(
+            Some("temperature"),
+            format!("temperature must be non-negative, got {t}."),
+        ));
     }
-    if let Some(p) = opt_f64(&obj, "top_p")? {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(ApiError::bad_request(
-                Some("top_p"),
-                format!("top_p must be in (0, 1], got {p}."),
-            ));
-        }
+    if let Some(p) = opt_f64(&obj, "top_p")?
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(ApiError::bad_request(
+            Some("top_p"),
+            format!("top_p must be in (0, 1], got {p}."),
+        ));
     }
     let ignore_eos = opt_bool(&obj, "ignore_eos")?.unwrap_or(false);
     let kv_transfer = match obj.get("kv_transfer_params") {

@@ -70,10 +70,10 @@ impl FaultConfig {
             ("stall_every_s", self.stall_every_s),
             ("crash_every_s", self.crash_every_s),
         ] {
-            if let Some(v) = v {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(invalid(field, "must be positive"));
-                }
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(invalid(field, "must be positive"));
             }
         }
         for (field, v) in [
@@ -629,20 +629,21 @@ async fn generate(st: Arc<AppState>, api: Api, headers: &HeaderMap, body: Bytes)
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    if let Some(m) = &req.model {
-        if *m != st.served_name {
-            return error_response(&ApiError::model_not_found(m));
-        }
+    if let Some(m) = &req.model
+        && *m != st.served_name
+    {
+        return error_response(&ApiError::model_not_found(m));
     }
     let n = st.counter.fetch_add(1, Ordering::Relaxed);
     // The routing-sidecar step of a decode server.
-    if st.role == Role::Decode && req.kv_transfer.is_none() {
-        if let Some(target) = headers.get(PREFILLER_HEADER).and_then(|v| v.to_str().ok()) {
-            match remote_prefill(&st, api, &body, target).await {
-                Ok(Some(kv)) => req.kv_transfer = Some(kv),
-                Ok(None) => {} // prefill failed with a 5xx: decode runs the prefill itself
-                Err(resp) => return resp,
-            }
+    if st.role == Role::Decode
+        && req.kv_transfer.is_none()
+        && let Some(target) = headers.get(PREFILLER_HEADER).and_then(|v| v.to_str().ok())
+    {
+        match remote_prefill(&st, api, &body, target).await {
+            Ok(Some(kv)) => req.kv_transfer = Some(kv),
+            Ok(None) => {} // prefill failed with a 5xx: decode runs the prefill itself
+            Err(resp) => return resp,
         }
     }
     let (output, finish, effective_max) = match output_length(&st, &req, n) {

@@ -53,7 +53,9 @@ fn parse_value(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+type Labels = Vec<(String, String)>;
+
+fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
     // s starts after '{'
     let mut labels = Vec::new();
     let bytes: Vec<char> = s.chars().collect();

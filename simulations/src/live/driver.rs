@@ -200,30 +200,21 @@ impl Driver {
                 let g = latest.entry(e.id).or_insert(0);
                 *g = (*g).max(e.generated);
             }
-            let mut done: HashMap<u64, u32> = HashMap::new();
             for f in finished {
-                done.insert(f.id, f.output_tokens);
-                latest.entry(f.id).or_insert(f.output_tokens);
+                if let Some(p) = self.pending.remove(&f.id) {
+                    let generated = latest.remove(&f.id).unwrap_or(f.output_tokens);
+                    self.server
+                        .finished(p.finish_reason, p.max_tokens, generated);
+                    let _ = p.events.send(StreamEvent::Tokens {
+                        generated,
+                        finish: Some(p.finish_reason),
+                    });
+                }
             }
             for (id, generated) in latest {
-                let finish = if done.contains_key(&id) {
-                    self.pending.remove(&id).map(|p| {
-                        self.server
-                            .finished(p.finish_reason, p.max_tokens, generated);
-                        let _ = p.events.send(StreamEvent::Tokens {
-                            generated,
-                            finish: Some(p.finish_reason),
-                        });
-                        p.finish_reason
-                    })
-                } else {
-                    None
-                };
-                if finish.is_none()
-                    && let Some(p) = self.pending.get(&id)
-                {
-                    // A closed receiver (client gone) is not an error: the engine model has
-                    // no abort, so the request runs to its end.
+                if let Some(p) = self.pending.get(&id) {
+                    // A closed receiver (client gone) is not an error: the engine model has no
+                    // abort, so the request runs to its end.
                     let _ = p.events.send(StreamEvent::Tokens {
                         generated,
                         finish: None,

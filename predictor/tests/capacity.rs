@@ -42,7 +42,7 @@ drain_s: 300
 fn observe(acc: &str, rate: f64) -> VariantLoad {
     let s = scenario(acc, rate);
     let w = load_workload(&s, std::path::Path::new(".")).expect("workload");
-    let r = simulate(&s, &w, None, None, None).expect("run");
+    let r = simulate(&s, &w, None, None, None).expect("run").report;
     let t = &r.requests.ttft_ms;
     let i = &r.requests.itl_ms;
     VariantLoad {

@@ -11,6 +11,8 @@
 
 pub mod cluster;
 pub mod engine;
+#[cfg(feature = "live")]
+pub mod live;
 pub mod observe;
 pub mod policy;
 pub mod profile;

@@ -20,6 +20,144 @@ pub enum SimCommand {
     Run(RunArgs),
     /// The engine model's prefill time for a batch and its decode iteration time, in ms.
     Profile(ProfileArgs),
+    /// Live vLLM-compatible servers on localhost (OpenAI API, streaming, `/metrics`), each
+    /// driven by the engine model in real time. Runs until interrupted.
+    Serve(ServeArgs),
+    /// Open-loop streaming load against OpenAI-compatible servers, from a trace or a synthetic
+    /// workload; reports client-side TTFT/ITL/e2e percentiles, errors and SLO attainment.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Number of servers (replicas).
+    #[arg(long, env = "GOODPUT_SERVE_REPLICAS", default_value_t = 1)]
+    pub replicas: u16,
+    /// Port of the first server; the others follow (0: ephemeral ports, printed at start).
+    #[arg(long, env = "GOODPUT_SERVE_PORT_BASE", default_value_t = 8000)]
+    pub port_base: u16,
+    /// Address to listen on.
+    #[arg(long, env = "GOODPUT_SERVE_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Catalog model id.
+    #[arg(long, env = "GOODPUT_SERVE_MODEL", default_value = "llama-3.1-8b")]
+    pub model: String,
+    /// Name clients use in `model` (default: the catalog id).
+    #[arg(long, env = "GOODPUT_SERVE_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Catalog accelerator id.
+    #[arg(long, env = "GOODPUT_SERVE_ACCELERATOR", default_value = "h100")]
+    pub accelerator: String,
+    /// Tensor-parallel degree.
+    #[arg(long, env = "GOODPUT_SERVE_TP", default_value_t = 1)]
+    pub tp: u32,
+    /// unified, prefill or decode (a decode server also plays llm-d's routing sidecar).
+    #[arg(long, env = "GOODPUT_SERVE_ROLE", default_value = "unified", value_parser = parse_role)]
+    pub role: goodput_core::Role,
+    /// Simulated seconds per wall second (10 runs the model ten times faster than real).
+    #[arg(long, env = "GOODPUT_SERVE_TIME_SCALE", default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// vLLM's --max-num-seqs (default: vLLM's for the device).
+    #[arg(long, env = "GOODPUT_SERVE_MAX_NUM_SEQS")]
+    pub max_num_seqs: Option<u32>,
+    /// vLLM's --max-num-batched-tokens (default: vLLM's for the device).
+    #[arg(long, env = "GOODPUT_SERVE_MAX_NUM_BATCHED_TOKENS")]
+    pub max_num_batched_tokens: Option<u32>,
+    /// vLLM's --max-model-len (default: the model's context).
+    #[arg(long, env = "GOODPUT_SERVE_MAX_MODEL_LEN")]
+    pub max_model_len: Option<u64>,
+    /// Also expose the deprecated metric names (vllm:time_per_output_token_seconds,
+    /// vllm:gpu_cache_usage_perc, vllm:gpu_prefix_cache_*).
+    #[arg(long, env = "GOODPUT_SERVE_DEPRECATED_METRICS")]
+    pub deprecated_metrics: bool,
+    /// Share of generation requests answered with HTTP 500 (fault injection).
+    #[arg(long, env = "GOODPUT_SERVE_ERROR_RATE", default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Every this many wall seconds the server stops answering ...
+    #[arg(long, env = "GOODPUT_SERVE_STALL_EVERY_S")]
+    pub stall_every_s: Option<f64>,
+    /// ... for this many seconds.
+    #[arg(long, env = "GOODPUT_SERVE_STALL_FOR_S", default_value_t = 2.0)]
+    pub stall_for_s: f64,
+    /// After this many wall seconds up, a server dies (connections reset, engine state lost) ...
+    #[arg(long, env = "GOODPUT_SERVE_CRASH_EVERY_S")]
+    pub crash_every_s: Option<f64>,
+    /// ... and comes back this many seconds later.
+    #[arg(long, env = "GOODPUT_SERVE_DOWN_FOR_S", default_value_t = 5.0)]
+    pub down_for_s: f64,
+    /// Contact prefill servers named by x-prefiller-host-port on non-loopback addresses too.
+    #[arg(long, env = "GOODPUT_SERVE_ALLOW_REMOTE_PREFILLERS")]
+    pub allow_remote_prefillers: bool,
+    /// Seed of output-length draws and injected errors.
+    #[arg(long, env = "GOODPUT_SERVE_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Extra catalog YAML (accelerators, models).
+    #[arg(long, env = "GOODPUT_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Base URL of a server (repeat for several: requests go round-robin).
+    #[arg(
+        long = "url",
+        env = "GOODPUT_LOAD_URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub urls: Vec<String>,
+    /// Replay this trace (Azure CSV or Mooncake JSONL) at its own timestamps.
+    #[arg(long, env = "GOODPUT_LOAD_TRACE", conflicts_with = "rate")]
+    pub trace: Option<PathBuf>,
+    /// Synthetic Poisson arrivals at this rate (requests per second).
+    #[arg(long, env = "GOODPUT_LOAD_RATE", requires = "duration")]
+    pub rate: Option<f64>,
+    /// Length of the synthetic workload, seconds.
+    #[arg(long, env = "GOODPUT_LOAD_DURATION")]
+    pub duration: Option<f64>,
+    /// Length preset of the synthetic workload (azure-conv, azure-code, mooncake-conv, sharegpt,
+    /// arxiv) or `fixed:INPUT:OUTPUT`.
+    #[arg(long, env = "GOODPUT_LOAD_LENGTHS", default_value = "sharegpt")]
+    pub lengths: String,
+    /// completions or chat.
+    #[arg(long, env = "GOODPUT_LOAD_API", default_value = "completions")]
+    pub api: String,
+    /// `model` field to send (default: none, which vLLM accepts).
+    #[arg(long, env = "GOODPUT_LOAD_MODEL")]
+    pub model: Option<String>,
+    /// TTFT objective, ms (with --slo-itl-ms: report SLO attainment).
+    #[arg(long, env = "GOODPUT_LOAD_SLO_TTFT_MS", requires = "slo_itl_ms")]
+    pub slo_ttft_ms: Option<f64>,
+    /// Inter-token latency objective (per-request mean), ms.
+    #[arg(long, env = "GOODPUT_LOAD_SLO_ITL_MS", requires = "slo_ttft_ms")]
+    pub slo_itl_ms: Option<f64>,
+    /// Send at most this many requests.
+    #[arg(long, env = "GOODPUT_LOAD_MAX_REQUESTS", default_value_t = 100_000)]
+    pub max_requests: usize,
+    /// Issue no request after this many seconds.
+    #[arg(long, env = "GOODPUT_LOAD_MAX_DURATION_S", default_value_t = 3600.0)]
+    pub max_duration_s: f64,
+    /// Give up on a request after this many seconds.
+    #[arg(long, env = "GOODPUT_LOAD_TIMEOUT_S", default_value_t = 300.0)]
+    pub timeout_s: f64,
+    /// At most this many requests outstanding (later arrivals are dropped and counted).
+    #[arg(long, env = "GOODPUT_LOAD_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+    /// Seed of the synthetic workload and of the prompt text.
+    #[arg(long, env = "GOODPUT_LOAD_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long, env = "GOODPUT_LOAD_JSON")]
+    pub json: bool,
+}
+
+fn parse_role(s: &str) -> Result<goodput_core::Role, String> {
+    match s {
+        "unified" => Ok(goodput_core::Role::Unified),
+        "prefill" => Ok(goodput_core::Role::Prefill),
+        "decode" => Ok(goodput_core::Role::Decode),
+        other => Err(format!("unknown role `{other}` (unified, prefill, decode)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +214,8 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
     match cmd {
         SimCommand::Run(args) => run_scenario(args),
         SimCommand::Profile(args) => profile(args),
+        SimCommand::Serve(args) => serve(args),
+        SimCommand::Load(args) => load(args),
     }
 }
 
@@ -185,4 +325,127 @@ fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use goodput_sim::live::{FaultConfig, LiveServers, ServerConfig};
+    let mut catalog = Catalog::builtin();
+    if let Some(p) = &args.catalog {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        catalog
+            .extend_from_yaml(&text)
+            .with_context(|| format!("in {}", p.display()))?;
+    }
+    let cfg = ServerConfig {
+        model: args.model,
+        served_model_name: args.served_model_name,
+        accelerator: args.accelerator,
+        tp: args.tp,
+        role: args.role,
+        time_scale: args.time_scale,
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        max_model_len: args.max_model_len,
+        deprecated_metrics: args.deprecated_metrics,
+        faults: FaultConfig {
+            error_rate: args.error_rate,
+            stall_every_s: args.stall_every_s,
+            stall_for_s: args.stall_for_s,
+            crash_every_s: args.crash_every_s,
+            down_for_s: args.down_for_s,
+            seed: args.seed,
+        },
+        allow_remote_prefillers: args.allow_remote_prefillers,
+        seed: args.seed,
+        ..ServerConfig::default()
+    };
+    runtime()?.block_on(async move {
+        let servers =
+            LiveServers::start(&catalog, &cfg, args.host, args.port_base, args.replicas).await?;
+        let mut lines = String::new();
+        for url in servers.urls() {
+            lines.push_str(&format!("serving {} ({}) at {url}\n", cfg.model, cfg.role));
+        }
+        super::emit(&lines)?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        servers.shutdown().await;
+        Ok(())
+    })
+}
+
+fn load(args: LoadArgs) -> anyhow::Result<()> {
+    use goodput_sim::live::load::{LoadConfig, render_text, run_load};
+    use goodput_sim::live::protocol::Api;
+    use goodput_sim::workload::generate::{GeneratorSpec, LengthProfile};
+    let workload = match (&args.trace, args.rate, args.duration) {
+        (Some(path), _, _) => goodput_sim::workload::trace::load_trace(path)?,
+        (None, Some(rate), Some(duration_s)) => {
+            let lengths = match args.lengths.strip_prefix("fixed:") {
+                Some(rest) => {
+                    let (i, o) = rest
+                        .split_once(':')
+                        .context("--lengths fixed:INPUT:OUTPUT needs two numbers")?;
+                    LengthProfile::Fixed {
+                        input: i.parse().context("--lengths fixed: bad input length")?,
+                        output: o.parse().context("--lengths fixed: bad output length")?,
+                    }
+                }
+                None => args
+                    .lengths
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--lengths: {e}"))?,
+            };
+            GeneratorSpec {
+                rate,
+                duration_s,
+                arrival: Default::default(),
+                envelope: Default::default(),
+                lengths,
+                prefix: None,
+                seed: args.seed,
+            }
+            .generate()?
+        }
+        _ => anyhow::bail!("give --trace FILE, or --rate R and --duration S"),
+    };
+    let api = match args.api.as_str() {
+        "completions" => Api::Completions,
+        "chat" => Api::Chat,
+        other => anyhow::bail!("unknown --api `{other}` (completions, chat)"),
+    };
+    let slo = match (args.slo_ttft_ms, args.slo_itl_ms) {
+        (Some(ttft_ms), Some(itl_ms)) => Some(goodput_core::Slo {
+            ttft_ms,
+            itl_ms,
+            percentile: 100.0,
+        }),
+        _ => None,
+    };
+    let cfg = LoadConfig {
+        urls: args.urls,
+        api,
+        model: args.model,
+        slo,
+        max_requests: args.max_requests,
+        max_duration_s: args.max_duration_s,
+        request_timeout_s: args.timeout_s,
+        max_in_flight: args.max_in_flight,
+        seed: args.seed,
+    };
+    let (report, _) = runtime()?.block_on(run_load(&cfg, &workload))?;
+    if args.json {
+        super::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
+    } else {
+        super::emit(&render_text(&report))
+    }
 }

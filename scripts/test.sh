@@ -18,6 +18,19 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc; }
 [ -d "$GOODPUT_SHARED_DATA" ] || { echo "data directory $GOODPUT_SHARED_DATA is missing"; exit 1; }
 
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+step "test tools"
+# Prometheus and promtool (Debian's 2.42): the metrics pipeline test starts its own server.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  apt_install prometheus
+fi
+prometheus --version 2>&1 | head -1
+
 step "format"
 cargo fmt --all -- --check
 

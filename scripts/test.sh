@@ -11,18 +11,18 @@ export GOODPUT_SHARED_DATA="${GOODPUT_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "toolchain"
-command -v cargo >/dev/null || { echo "cargo is required (rustup toolchain)"; exit 1; }
-rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt
-rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy
-command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc; }
-[ -d "$GOODPUT_SHARED_DATA" ] || { echo "data directory $GOODPUT_SHARED_DATA is missing"; exit 1; }
-
 apt_updated=""
 apt_install() {
   [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
+
+step "toolchain"
+command -v cargo >/dev/null || { echo "cargo is required (rustup toolchain)"; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy
+command -v cc >/dev/null || apt_install gcc
+[ -d "$GOODPUT_SHARED_DATA" ] || { echo "data directory $GOODPUT_SHARED_DATA is missing"; exit 1; }
 
 step "test tools"
 # Prometheus and promtool (Debian's 2.42): the metrics pipeline test starts its own server.

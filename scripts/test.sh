@@ -38,7 +38,7 @@ step "lint"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "dependency graph"
-# One rustls crypto provider only (two panic at run time); see docs/development.md.
+# One rustls crypto provider only (two panic at run time); see docs/development.md, "Dependencies".
 if cargo tree --workspace --all-features -i ring -e normal 2>/dev/null | grep -q .; then
   echo "ring is in the dependency graph"; exit 1
 fi

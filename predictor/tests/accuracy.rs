@@ -13,7 +13,9 @@ mod common;
 
 use goodput_predictor::model::QUANTILES;
 use goodput_predictor::window::WindowConfig;
-use goodput_predictor::{Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Target};
+use goodput_predictor::{
+    Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Target, VariantPhysics,
+};
 
 fn generator(rate: f64, lengths: &str, extra: &str, seed: u64) -> String {
     format!(
@@ -89,7 +91,7 @@ fn score(p: &Predictor, samples: &[Sample], t: Target) -> Accuracy {
     let model = m.target(t).expect("model fitted");
     Accuracy::score(samples.iter().filter_map(|s| {
         let y = s.target(t)?;
-        let q = model.predict(&s.features.vector());
+        let q = model.predict(&m.vector(&s.features));
         Some((q.point, [q.p50, q.p90, q.p99], y))
     }))
 }
@@ -97,7 +99,14 @@ fn score(p: &Predictor, samples: &[Sample], t: Target) -> Accuracy {
 #[test]
 fn held_out_workloads_meet_the_mape_and_coverage_targets() {
     let train = training_data();
+    let catalog = goodput_core::Catalog::builtin();
+    let physics = VariantPhysics::new(
+        catalog.model("llama-3.1-8b").expect("model"),
+        catalog.accelerator("h100").expect("accelerator"),
+        1,
+    );
     let p = Predictor::new(PredictorConfig {
+        physics: Some(physics),
         window: WindowConfig {
             per_bucket: 400,
             held_out_cap: 8000,

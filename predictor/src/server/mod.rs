@@ -274,7 +274,7 @@ fn predict_inner(st: &AppState, body: &[u8]) -> Response {
         return not_ready("Models not ready");
     }
     let (ttft, tpot) = models.predict_at(&f, st.quantile_arg());
-    let x = f.vector();
+    let x = models.vector(&f);
     let bounds = |t: Target| {
         models.target(t).map_or([0.0, 0.0], |m| {
             [

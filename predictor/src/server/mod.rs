@@ -308,13 +308,19 @@ async fn predict_bulk_strict(State(st): State<Arc<AppState>>, body: Bytes) -> Re
 /// `/predict/bulk/strict` without the HTTP layer (also what the benchmark times).
 pub fn predict_bulk_strict_inner(st: &AppState, body: &[u8]) -> Response {
     let started = Instant::now();
-    let v = match parse_body(body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let rows = match api::parse_bulk_features(&v, st.config.max_rows) {
-        Ok(r) => r,
-        Err(e) => return unprocessable(&e),
+    let rows = match api::parse_bulk_features_fast(body, st.config.max_rows) {
+        Some(rows) => rows,
+        None => {
+            // Anything unusual: the generic walk decides, and names the field when it rejects.
+            let v = match parse_body(body) {
+                Ok(v) => v,
+                Err(r) => return *r,
+            };
+            match api::parse_bulk_features(&v, st.config.max_rows) {
+                Ok(r) => r,
+                Err(e) => return unprocessable(&e),
+            }
+        }
     };
     let models = st.predictor.models();
     if !models.is_ready() {

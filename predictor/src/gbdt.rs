@@ -29,12 +29,13 @@ pub struct GbdtParams {
 
 impl Default for GbdtParams {
     fn default() -> Self {
-        // Few, fairly deep trees with a high learning rate: accuracy on the simulator's data
-        // saturates around 60-80 trees, and each tree costs ~6 ns at prediction.
+        // Few, moderately deep trees with a high learning rate. With the physics priors as the
+        // offset the residual is simple: 48 trees of depth 5 match 80 of depth 6 on the
+        // simulator's data (docs/predictor.md) at half the node visits per prediction.
         Self {
-            trees: 80,
-            depth: 6,
-            learning_rate: 0.15,
+            trees: 48,
+            depth: 5,
+            learning_rate: 0.25,
             bins: 64,
             min_leaf: 8,
             lambda: 1.0,

@@ -303,7 +303,7 @@ impl Prior {
 pub const PROBE_REQUESTS: usize = 4000;
 /// Seed of the probe's arrivals (fixed, so that estimates are deterministic and monotone enough
 /// in the rate for bisection).
-pub const PROBE_SEED: u64 = 0x5EED_0F_600D;
+pub const PROBE_SEED: u64 = 0x005E_ED0F_600D;
 
 /// Latency percentiles of one probe run, seconds, at [`PERCENTILES`].
 #[derive(Debug, Clone, Copy, PartialEq)]

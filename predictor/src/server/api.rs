@@ -369,6 +369,43 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_agrees_with_the_generic_walk_or_refuses() {
+        let row = |kv: f64, pod: Value| {
+            json!({"kv_cache_percentage":kv,"input_token_length":1830,"num_request_waiting":2,
+                "num_request_running":7,"num_tokens_generated":1,"prefix_cache_score":0.75,
+                "prefill_tokens_in_flight":5120,"decode_tokens_in_flight":3,
+                "encoder_input_size":0,"pod_type":pod,"unknown":"ignored"})
+        };
+        let body = json!({"requests":[row(0.4, json!("")), row(1.0, json!("decode")),
+            row(0.0, Value::Null)]});
+        let bytes = body.to_string();
+        let fast = parse_bulk_features_fast(bytes.as_bytes(), 10).unwrap();
+        assert_eq!(fast, parse_bulk_features(&body, 10).unwrap());
+        assert_eq!(fast[1].pod_type, PodType::Decode);
+        // Refused (the generic walk then decides): out of range, a lax integer, too many rows,
+        // no rows; and below an escaped label, which the generic walk reads the same.
+        for (b, max) in [
+            (json!({"requests":[row(1.5, json!(""))]}), 10),
+            (
+                json!({"requests":[{"kv_cache_percentage":0.5,"input_token_length":10.0,
+                "num_request_waiting":0,"num_request_running":1,"num_tokens_generated":1,
+                "prefix_cache_score":0}]}),
+                10,
+            ),
+            (body.clone(), 2),
+            (json!({"requests":[]}), 10),
+        ] {
+            assert!(parse_bulk_features_fast(b.to_string().as_bytes(), max).is_none());
+        }
+        let escaped = bytes.replacen(r#""decode""#, r#""dec\u006fde""#, 1);
+        assert!(parse_bulk_features_fast(escaped.as_bytes(), 10).is_none());
+        assert_eq!(
+            parse_bulk_features(&serde_json::from_str::<Value>(&escaped).unwrap(), 10).unwrap(),
+            fast
+        );
+    }
+
+    #[test]
     fn lax_integers_and_optional_fields() {
         let v = json!({"kv_cache_percentage":0.5,"input_token_length":10.0,"num_request_waiting":0,
             "num_request_running":1,"num_tokens_generated":1,"prefix_cache_score":0,"pod_type":null});

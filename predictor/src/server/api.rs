@@ -298,7 +298,7 @@ pub fn parse_bulk_features(
 }
 
 /// A prediction object (`PredictionResponse`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct PredictionOut<'a> {
     pub ttft_ms: f64,
     pub tpot_ms: f64,
@@ -328,6 +328,60 @@ pub struct StrictBulkOut<'a> {
     pub successful_predictions: usize,
     pub failed_predictions: usize,
     pub processing_time_ms: f64,
+}
+
+/// The fields every row of one bulk response shares (all of [`PredictionOut`] after the two
+/// latencies, in its order).
+#[derive(Debug, Serialize)]
+struct PredictionTail<'a> {
+    predicted_at: &'a str,
+    model_type: &'a str,
+    objective_type: &'a str,
+    quantile: f64,
+    last_model_load: Option<&'a str>,
+}
+
+/// The bytes serde writes for [`StrictBulkOut`] with `shared`'s fields on every row and the
+/// `(ttft_ms, tpot_ms)` of `rows`, written without building the rows: the shared fields are
+/// serialised once, each row adds only its two numbers. `None` if serialisation fails.
+pub fn strict_bulk_json(
+    shared: &PredictionOut<'_>,
+    rows: &[(f64, f64)],
+    processing_time_ms: f64,
+) -> Option<Vec<u8>> {
+    let tail = serde_json::to_vec(&PredictionTail {
+        predicted_at: shared.predicted_at,
+        model_type: shared.model_type,
+        objective_type: shared.objective_type,
+        quantile: shared.quantile,
+        last_model_load: shared.last_model_load,
+    })
+    .ok()?;
+    // `tail` is `{...}`: each row continues after its latencies with `,` + tail without `{`.
+    let tail = tail.get(1..)?;
+    let mut out = Vec::with_capacity(rows.len() * (tail.len() + 48) + 128);
+    out.extend_from_slice(b"{\"predictions\":[");
+    for (i, &(ttft, tpot)) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"ttft_ms\":");
+        serde_json::to_writer(&mut out, &ttft).ok()?;
+        out.extend_from_slice(b",\"tpot_ms\":");
+        serde_json::to_writer(&mut out, &tpot).ok()?;
+        out.push(b',');
+        out.extend_from_slice(tail);
+    }
+    let n = rows.len();
+    out.extend_from_slice(
+        format!(
+            "],\"total_requests\":{n},\"successful_predictions\":{n},\"failed_predictions\":0,\"processing_time_ms\":"
+        )
+        .as_bytes(),
+    );
+    serde_json::to_writer(&mut out, &processing_time_ms).ok()?;
+    out.push(b'}');
+    Some(out)
 }
 
 /// One failed row of `/predict/bulk`.
@@ -403,6 +457,42 @@ mod tests {
             parse_bulk_features(&serde_json::from_str::<Value>(&escaped).unwrap(), 10).unwrap(),
             fast
         );
+    }
+
+    #[test]
+    fn the_hand_written_strict_bulk_body_is_byte_identical_to_serde() {
+        for last in [None, Some("2026-01-01T00:00:00Z")] {
+            let shared = PredictionOut {
+                ttft_ms: 0.0,
+                tpot_ms: 0.0,
+                predicted_at: "2026-01-01T00:00:01.5Z",
+                model_type: "xgboost",
+                objective_type: "quantile",
+                quantile: 0.9,
+                last_model_load: last,
+            };
+            let rows = [(12.5, 3.25), (1e-7, 0.0), (123_456.789, 1.0 / 3.0)];
+            let serde = serde_json::to_vec(&StrictBulkOut {
+                predictions: rows
+                    .iter()
+                    .map(|&(t, p)| PredictionOut {
+                        ttft_ms: t,
+                        tpot_ms: p,
+                        ..shared
+                    })
+                    .collect(),
+                total_requests: 3,
+                successful_predictions: 3,
+                failed_predictions: 0,
+                processing_time_ms: 0.123,
+            })
+            .unwrap();
+            let ours = strict_bulk_json(&shared, &rows, 0.123).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
     }
 
     #[test]

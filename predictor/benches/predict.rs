@@ -9,11 +9,22 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use goodput_predictor::server::{AppState, ServerConfig, predict_bulk_strict_inner};
-use goodput_predictor::{Features, Predictor, PredictorConfig, RetrainReason, Sample};
+use goodput_predictor::{
+    Features, Predictor, PredictorConfig, RetrainReason, Sample, VariantPhysics,
+};
 use serde_json::json;
 
 fn trained() -> Arc<Predictor> {
-    let p = Arc::new(Predictor::new(PredictorConfig::default()));
+    // One predictor per variant, with its physics priors (as the accuracy test trains it).
+    let catalog = goodput_core::Catalog::builtin();
+    let physics = match (catalog.model("llama-3.1-8b"), catalog.accelerator("h100")) {
+        (Ok(m), Ok(a)) => Some(VariantPhysics::new(m, a, 1)),
+        _ => None,
+    };
+    let p = Arc::new(Predictor::new(PredictorConfig {
+        physics,
+        ..Default::default()
+    }));
     let samples: Vec<Sample> = (0..20_000u32)
         .map(|i| {
             let f = Features {

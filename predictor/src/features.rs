@@ -14,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::physics::VariantPhysics;
+
 /// The role label of an endpoint (`pod_type` in llm-d).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum PodType {
@@ -71,7 +73,7 @@ pub struct Features {
 }
 
 /// Number of engineered features.
-pub const N_FEATURES: usize = 14;
+pub const N_FEATURES: usize = 17;
 
 /// Names of the engineered features, in vector order (for metrics and docs).
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
@@ -89,7 +91,18 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "effective_input_x_running",
     "effective_input_squared_k",
     "kv_x_running",
+    "prior_ttft_ms",
+    "prior_tpot_ms",
+    "prior_mixed_step_ms",
 ];
+
+/// Index of the physics prior of each target in the vector (0 there when no physics is known).
+pub const fn prior_index(t: Target) -> usize {
+    match t {
+        Target::Ttft => 14,
+        Target::Tpot => 15,
+    }
+}
 
 /// The model inputs: raw features plus engineered ones.
 pub type FeatureVector = [f64; N_FEATURES];
@@ -101,8 +114,18 @@ impl Features {
     /// prompt (`effective_input_tokens`) and quadratically with it through attention; a new
     /// prompt waits behind the prefill work already queued (`prefill_work_ahead`); and it shares
     /// steps with the running decodes, whose cost grows with their count and KV footprint.
+    ///
+    /// Without the variant's physics the prior features are 0; see [`Features::vector_with`].
     #[inline]
     pub fn vector(&self) -> FeatureVector {
+        self.vector_with(None)
+    }
+
+    /// The engineered vector with the physics priors of `physics` (when known) as the last
+    /// three features: prior TTFT, prior TPOT and a mixed prefill+decode step, ms.
+    #[inline]
+    pub fn vector_with(&self, physics: Option<&VariantPhysics>) -> FeatureVector {
+        let prior = physics.map(|p| p.prior(self)).unwrap_or_default();
         let kv = self.kv_cache_percentage;
         let input = self.input_token_length as f64;
         let waiting = self.num_request_waiting as f64;
@@ -129,6 +152,9 @@ impl Features {
             effective * (running + 1.0),
             effective * effective / 1e3,
             kv * running,
+            prior.ttft_ms,
+            prior.tpot_ms,
+            prior.mixed_step_ms,
         ]
     }
 

@@ -4,6 +4,8 @@
 //! Data flow:
 //! - [`features`]: llm-d's predictor row ([`Features`]) and the engineered vector every model
 //!   sees, built in one place for training and prediction.
+//! - [`physics`]: a variant's engine physics turned into prior TTFT/TPOT features (the models
+//!   learn the log-ratio actual/prior).
 //! - [`window`]: the stratified training window with ageing and a held-out slice.
 //! - [`gbdt`], [`model`]: the model families (gradient-boosted trees, elastic-net linear),
 //!   selection per target by held-out MAPE, conformal quantiles, accuracy.
@@ -21,11 +23,13 @@ pub mod gbdt;
 pub mod metrics;
 pub mod model;
 pub mod perf;
+pub mod physics;
 pub mod predictor;
 pub mod window;
 
 pub use features::{Features, FieldError, PodType, Sample, Target};
 pub use model::{Accuracy, Family, FitParams, Quantiles};
+pub use physics::VariantPhysics;
 pub use predictor::{ModelSet, Prediction, Predictor, PredictorConfig, RetrainReason, Trainer};
 
 #[cfg(feature = "server")]

@@ -153,17 +153,32 @@ impl Regressor {
         }
     }
 
-    /// Point prediction in ms (the conditional median under the log model).
+    /// The model's raw output (a log latency, or a log-ratio to the prior under an offset).
     #[inline]
-    pub fn predict_ms(&self, x: &FeatureVector) -> f64 {
-        let log = match self {
+    pub fn predict_log(&self, x: &FeatureVector) -> f64 {
+        match self {
             Regressor::Linear(m) => m.predict(x),
             Regressor::Gbdt(m) => m.predict(x),
-        };
-        // Guard against absurd extrapolation of the linear model.
-        log.clamp(-20.0, 20.0).exp()
+        }
+    }
+
+    /// Point prediction in ms (the conditional median under the log model), without offset.
+    #[inline]
+    pub fn predict_ms(&self, x: &FeatureVector) -> f64 {
+        point_ms(self, None, x)
     }
 }
+
+/// `exp(model + ln x[offset])`: the point prediction in ms, the model read as the log-ratio to
+/// the prior feature `offset` when one is used.
+#[inline]
+fn point_ms(regressor: &Regressor, offset: Option<usize>, x: &FeatureVector) -> f64 {
+    let base = offset.map_or(0.0, |i| x[i].max(1e-9).ln());
+    // Guard against absurd extrapolation of the linear model.
+    (regressor.predict_log(x) + base).clamp(-20.0, 20.0).exp()
+}
+
+impl Regressor {}
 
 /// Split-conformal calibration of the ratio `actual / predicted`: its empirical quantiles on
 /// held-out rows, with the finite-sample correction, on a grid of 1001 levels.
@@ -251,6 +266,10 @@ pub struct TargetModel {
     /// Calibration-half MAPE of every family tried (for /status).
     pub candidates: Vec<(Family, f64)>,
     pub training_rows: usize,
+    /// Feature index of the physics prior the regressor is a log-ratio to (None: it predicts
+    /// the log latency itself).
+    #[serde(default)]
+    pub offset: Option<usize>,
 }
 
 /// Quantile predictions of one target, ms.
@@ -266,7 +285,7 @@ pub struct Quantiles {
 impl TargetModel {
     #[inline]
     pub fn predict(&self, x: &FeatureVector) -> Quantiles {
-        let point = self.regressor.predict_ms(x);
+        let point = self.point(x);
         Quantiles {
             point,
             p50: point * self.conformal.factor(0.5),
@@ -278,7 +297,13 @@ impl TargetModel {
     /// The calibrated `q` quantile, ms.
     #[inline]
     pub fn quantile(&self, x: &FeatureVector, q: f64) -> f64 {
-        self.regressor.predict_ms(x) * self.conformal.factor(q)
+        self.point(x) * self.conformal.factor(q)
+    }
+
+    /// The point prediction, ms.
+    #[inline]
+    pub fn point(&self, x: &FeatureVector) -> f64 {
+        point_ms(&self.regressor, self.offset, x)
     }
 }
 
@@ -309,9 +334,12 @@ impl Default for FitParams {
 pub type Rows = [(FeatureVector, f64)];
 
 /// Fits every family on `train`, selects by calibration MAPE, calibrates quantiles on
-/// `calibration`, scores on `evaluation`.
+/// `calibration`, scores on `evaluation`. With `offset` (a prior feature's index) and that
+/// feature positive on every training row, the families learn `ln(actual / prior)` instead of
+/// `ln(actual)`.
 pub fn fit_target(
     target: &'static str,
+    offset: Option<usize>,
     train: &Rows,
     calibration: &Rows,
     evaluation: &Rows,
@@ -332,8 +360,11 @@ pub fn fit_target(
             need: params.min_held_out_rows.max(1),
         });
     }
+    let offset = offset
+        .filter(|&i| i < N_FEATURES && train.iter().all(|r| r.0[i] > 0.0 && r.0[i].is_finite()));
+    let base = |f: &FeatureVector| offset.map_or(0.0, |i| f[i].ln());
     let x: Vec<FeatureVector> = train.iter().map(|r| r.0).collect();
-    let y: Vec<f64> = train.iter().map(|r| r.1.ln()).collect();
+    let y: Vec<f64> = train.iter().map(|r| r.1.ln() - base(&r.0)).collect();
     let mut candidates: Vec<Regressor> = Vec::new();
     if let Some(l) = Linear::fit(&x, &y, params.linear_penalty) {
         candidates.push(Regressor::Linear(l));
@@ -342,7 +373,7 @@ pub fn fit_target(
     let mape = |m: &Regressor| {
         calibration
             .iter()
-            .map(|(f, a)| ((m.predict_ms(f) - a) / a).abs())
+            .map(|(f, a)| ((point_ms(m, offset, f) - a) / a).abs())
             .sum::<f64>()
             / calibration.len() as f64
             * 100.0
@@ -356,7 +387,7 @@ pub fn fit_target(
     let regressor = candidates.swap_remove(best);
     let ratios: Vec<f64> = calibration
         .iter()
-        .map(|(f, a)| a / regressor.predict_ms(f))
+        .map(|(f, a)| a / point_ms(&regressor, offset, f))
         .collect();
     let conformal = Conformal::calibrate(&ratios).ok_or(FitError::TooFewHeldOut {
         target,
@@ -369,6 +400,7 @@ pub fn fit_target(
         accuracy: Accuracy::default(),
         candidates: scored,
         training_rows: train.len(),
+        offset,
     };
     let scored_on = if evaluation.is_empty() {
         calibration
@@ -423,11 +455,11 @@ mod tests {
             .collect();
         let (train, held) = rows.split_at(1600);
         let (cal, eval) = held.split_at(200);
-        let m = fit_target("ttft", train, cal, eval, &FitParams::default()).unwrap();
+        let m = fit_target("ttft", None, train, cal, eval, &FitParams::default()).unwrap();
         assert_eq!(m.regressor.family(), Family::Gbdt);
         assert_eq!(m.candidates.len(), 2);
         assert!(m.accuracy.mape_percent < 1.0, "{:?}", m.accuracy);
-        let err = fit_target("ttft", &train[..10], cal, eval, &FitParams::default());
+        let err = fit_target("ttft", None, &train[..10], cal, eval, &FitParams::default());
         assert!(matches!(err, Err(FitError::TooFewRows { .. })));
     }
 
@@ -445,7 +477,7 @@ mod tests {
             .collect();
         let (train, held) = rows.split_at(2400);
         let (cal, eval) = held.split_at(300);
-        let m = fit_target("ttft", train, cal, eval, &FitParams::default()).unwrap();
+        let m = fit_target("ttft", None, train, cal, eval, &FitParams::default()).unwrap();
         let lin = m
             .candidates
             .iter()

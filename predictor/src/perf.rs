@@ -11,11 +11,13 @@
 //! from the prior, not only its level. Both are plain values; [`PerfModel::capacity`] is a pure
 //! bisection.
 //!
-//! The prior's steady state (unified role): a replica serving `λ` req/s of mean prompt `I`
-//! (uncached share `1 − h`) and output `O` runs a batch `B = λ·O·t` of decodes (Little's law)
-//! with `λ·I(1−h)·t` prefill tokens per step folded in (chunked prefill), where `t` is the mean
-//! step time, found by fixed-point iteration on `StepCost`. ITL ≈ `t`; TTFT ≈ half a step +
-//! the prefill chunks + an M/D/1 wait on the prefill budget.
+//! The prior's latency percentiles come from a *probe* ([`Prior::probe`]): a short, deterministic,
+//! step-by-step simulated run of the variant's engine (vLLM V1's chunked-prefill scheduler under
+//! its token budget, every step costed by `StepCost`) fed Poisson arrivals of the load's mean
+//! shape. Mean-value formulas (kept as [`Prior::estimate_mean_value`] and for the utilisation
+//! the correction regresses on: a batch `B = λ·O·t` by Little's law, an M/D/1 wait on the prefill
+//! budget) underestimate how fast latency rises near saturation, where capacity at an SLO is
+//! decided; the probe reproduces that queueing by construction.
 
 use goodput_core::catalog::EngineLimits;
 use goodput_core::{StepCost, StepWork, VariantLoad};
@@ -131,12 +133,26 @@ impl Prior {
     }
 
     /// The prior's estimate; None when the load saturates the replica.
+    ///
+    /// Percentiles come from [`Prior::probe`], a short simulated run of the variant's engine at
+    /// this load; `utilisation` from the analytic steady state (0.999 where the mean-value model
+    /// already calls the load saturated but the probe's queue still drains).
     pub fn estimate(&self, l: &ReplicaLoad) -> Option<LatencyEstimate> {
+        let p = self.probe(l, PROBE_REQUESTS, PROBE_SEED)?;
+        let utilisation = self.steady(l).map_or(0.999, |s| s.utilisation.min(0.999));
+        Some(LatencyEstimate {
+            ttft_s: p.ttft_s,
+            itl_s: p.itl_s,
+            utilisation,
+        })
+    }
+
+    /// The analytic mean-value estimate (steady batch by Little's law, M/D/1 wait on the
+    /// prefill budget, fixed percentile shape factors): cheap, but it underestimates how fast
+    /// latency rises near saturation. Kept for utilisation and as a quick bound.
+    pub fn estimate_mean_value(&self, l: &ReplicaLoad) -> Option<LatencyEstimate> {
         let s = self.steady(l)?;
         let ttft_mean = 0.5 * s.step_s + s.prefill_s + s.wait_s;
-        // Spread of per-request values around the mean: prompt lengths are skewed (log-normal
-        // in every public trace), and queueing waits are roughly exponential. These shape
-        // factors are only the starting point; observations correct them.
         let ttft_shape = [0.8, 1.8, 2.3, 3.5];
         let itl_shape = [0.97, 1.1, 1.15, 1.3];
         Some(LatencyEstimate {
@@ -145,6 +161,167 @@ impl Prior {
             utilisation: s.utilisation,
         })
     }
+
+    /// A simulated run of one replica at load `l`: `requests` Poisson arrivals (deterministic
+    /// for a given `seed`) of the mean prompt (uncached share `1 − h`) and output, through a
+    /// step-by-step model of vLLM V1's scheduler: running requests first (decodes one token,
+    /// prefills their next chunk), then waiting ones FCFS while the token budget
+    /// (`max_num_batched_tokens`), `max_num_seqs` and the KV capacity allow; every step costs
+    /// `StepCost::step_time` of exactly the work scheduled in it. This is the simulator's
+    /// engine semantics minus preemption (admission reserves a request's full KV instead), so
+    /// the prior reproduces the queueing near saturation that mean-value formulas miss.
+    ///
+    /// Returns TTFT and per-request mean ITL percentiles (nearest rank, over all requests), or
+    /// `None` when the queue grows without bound (more than 5 % of the requests, and at least
+    /// 20, still waiting when the last one arrives).
+    pub fn probe(&self, l: &ReplicaLoad, requests: usize, seed: u64) -> Option<ProbeResult> {
+        let rate = l.rate;
+        if !(rate.is_finite() && rate > 0.0) || requests == 0 {
+            return None;
+        }
+        let prompt = l.mean_input_tokens.max(1.0).round() as u64;
+        let uncached = ((prompt as f64) * (1.0 - l.prefix_hit_rate.clamp(0.0, 1.0)))
+            .round()
+            .clamp(1.0, prompt as f64) as u64;
+        let cached = prompt - uncached;
+        let output = l.mean_output_tokens.max(1.0).round() as u64;
+        let footprint = prompt + output;
+        if footprint > self.kv_capacity_tokens {
+            return None;
+        }
+        let budget = u64::from(self.limits.max_num_batched_tokens.max(1));
+        let max_seqs = self.limits.max_num_seqs.max(1) as usize;
+        // Arrival times.
+        let mut rng = seed | 1;
+        let mut next_u = || {
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            ((rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let mut arrivals = Vec::with_capacity(requests);
+        let mut t = 0.0;
+        for _ in 0..requests {
+            t += -next_u().ln() / rate;
+            arrivals.push(t);
+        }
+        // (request, computed tokens, generated tokens)
+        let mut running: Vec<(usize, u64, u64)> = Vec::with_capacity(max_seqs.min(requests));
+        let mut first = vec![f64::NAN; requests];
+        let mut itl = Vec::with_capacity(requests);
+        let mut next_arrival = 0usize;
+        let mut next_admit = 0usize;
+        let mut kv_used = 0u64;
+        let mut now = 0.0f64;
+        let mut scheduled: Vec<u64> = Vec::with_capacity(max_seqs.min(requests));
+        let mut saturated = false;
+        while next_admit < requests || !running.is_empty() {
+            while next_arrival < requests && arrivals[next_arrival] <= now {
+                next_arrival += 1;
+            }
+            if next_arrival == requests
+                && !saturated
+                && (next_arrival - next_admit) > (requests / 20).max(20)
+            {
+                saturated = true;
+            }
+            if running.is_empty() && next_admit == next_arrival {
+                // Idle: jump to the next arrival.
+                now = arrivals[next_arrival];
+                continue;
+            }
+            let mut left = budget;
+            let mut work = StepWork::default();
+            scheduled.clear();
+            for &(_, computed, generated) in &running {
+                let total = prompt + generated;
+                let new = (total - computed).min(left);
+                if new > 0 {
+                    let prefill = computed + new < total || new > 1;
+                    work.add(new, computed, prefill);
+                }
+                scheduled.push(new);
+                left -= new;
+            }
+            while next_admit < next_arrival
+                && running.len() < max_seqs
+                && left > 0
+                && kv_used + footprint <= self.kv_capacity_tokens
+            {
+                let new = uncached.min(left);
+                work.add(new, cached, true);
+                running.push((next_admit, cached, 0));
+                scheduled.push(new);
+                kv_used += footprint;
+                left -= new;
+                next_admit += 1;
+            }
+            let dt = self.cost.step_time(&work);
+            if !(dt.is_finite() && dt > 0.0) {
+                return None;
+            }
+            now += dt;
+            let mut k = 0;
+            let mut j = 0;
+            while j < running.len() {
+                let new = scheduled[k];
+                k += 1;
+                let (id, computed, generated) = &mut running[j];
+                *computed += new;
+                if new > 0 && *computed >= prompt + *generated {
+                    *generated += 1;
+                    if *generated == 1 {
+                        first[*id] = now;
+                    }
+                }
+                if *generated >= output {
+                    let f = first[*id];
+                    itl.push(if output > 1 {
+                        (now - f) / (output - 1) as f64
+                    } else {
+                        0.0
+                    });
+                    kv_used -= footprint;
+                    running.remove(j);
+                } else {
+                    j += 1;
+                }
+            }
+        }
+        if saturated {
+            return None;
+        }
+        let mut ttft: Vec<f64> = first.iter().zip(&arrivals).map(|(f, a)| f - a).collect();
+        Some(ProbeResult {
+            ttft_s: percentiles(&mut ttft),
+            itl_s: percentiles(&mut itl),
+        })
+    }
+}
+
+/// Requests in the probe behind [`Prior::estimate`].
+pub const PROBE_REQUESTS: usize = 4000;
+/// Seed of the probe's arrivals (fixed, so that estimates are deterministic and monotone enough
+/// in the rate for bisection).
+pub const PROBE_SEED: u64 = 0x005E_ED0F_600D;
+
+/// Latency percentiles of one probe run, seconds, at [`PERCENTILES`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeResult {
+    pub ttft_s: [f64; 4],
+    pub itl_s: [f64; 4],
+}
+
+/// Nearest-rank percentiles at [`PERCENTILES`] (the simulator's definition); sorts in place.
+fn percentiles(v: &mut [f64]) -> [f64; 4] {
+    v.sort_by(f64::total_cmp);
+    PERCENTILES.map(|p| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    })
 }
 
 /// Coefficients `[a, b]` and their 2×2 covariance.
@@ -284,7 +461,8 @@ impl PerfModel {
         if !ok(lo.max(1e-6)) {
             return 0.0;
         }
-        for _ in 0..60 {
+        // The probe is a simulated run: ~0.1 % precision is plenty.
+        for _ in 0..12 {
             let mid = 0.5 * (lo + hi);
             if ok(mid) {
                 lo = mid;

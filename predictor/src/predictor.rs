@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::{Features, Sample, Target};
+use crate::features::{FeatureVector, Features, Sample, Target, prior_index};
 use crate::metrics::PredictorMetrics;
 use crate::model::{FitError, FitParams, Quantiles, TargetModel, fit_target};
+use crate::physics::VariantPhysics;
 use crate::window::{Placement, Snapshot, Window, WindowConfig};
 
 /// A versioned pair of target models. `ttft` and `tpot` are `None` until fitted.
@@ -34,6 +35,10 @@ pub struct ModelSet {
     pub trained_at_s: f64,
     pub ttft: Option<TargetModel>,
     pub tpot: Option<TargetModel>,
+    /// The variant's physics the models were fitted with (their prior features); carried from
+    /// the predictor's config so that every prediction encodes features as training did.
+    #[serde(skip)]
+    pub physics: Option<VariantPhysics>,
 }
 
 /// Predicted latencies for one endpoint, ms.
@@ -57,10 +62,16 @@ impl ModelSet {
         }
     }
 
+    /// The feature vector of `f` as these models see it (with their physics priors).
+    #[inline]
+    pub fn vector(&self, f: &Features) -> FeatureVector {
+        f.vector_with(self.physics.as_ref())
+    }
+
     /// Predicts both targets for one endpoint.
     #[inline]
     pub fn predict(&self, f: &Features) -> Prediction {
-        let x = f.vector();
+        let x = self.vector(f);
         Prediction {
             ttft: self
                 .ttft
@@ -78,11 +89,11 @@ impl ModelSet {
     /// The `q` quantile of both targets (`q` = None: the point prediction), ms.
     #[inline]
     pub fn predict_at(&self, f: &Features, q: Option<f64>) -> (f64, f64) {
-        let x = f.vector();
+        let x = self.vector(f);
         let one = |m: Option<&TargetModel>| {
             m.map_or(0.0, |m| match q {
                 Some(q) => m.quantile(&x, q),
-                None => m.regressor.predict_ms(&x),
+                None => m.point(&x),
             })
         };
         (one(self.ttft.as_ref()), one(self.tpot.as_ref()))
@@ -102,7 +113,14 @@ pub fn fit_models(
             Target::Ttft => &snapshot.ttft,
             Target::Tpot => &snapshot.tpot,
         };
-        match fit_target(t.as_str(), &d.train, &d.calibration, &d.evaluation, params) {
+        match fit_target(
+            t.as_str(),
+            Some(prior_index(t)),
+            &d.train,
+            &d.calibration,
+            &d.evaluation,
+            params,
+        ) {
             Ok(m) => Some(m),
             Err(e) => {
                 errors.push(e);
@@ -118,6 +136,7 @@ pub fn fit_models(
             trained_at_s: now_s,
             ttft,
             tpot,
+            physics: previous.physics,
         },
         errors,
     )
@@ -134,6 +153,11 @@ pub struct PredictorConfig {
     pub min_new_rows: usize,
     /// Held-out rows the drift monitor needs before it may trigger.
     pub drift_min_rows: u64,
+    /// The variant this predictor serves (one predictor per variant, as the scheduler keeps
+    /// them): its physics priors become features and the models learn the log-ratio to them.
+    /// None: no priors (features as llm-d's only).
+    #[serde(skip)]
+    pub physics: Option<VariantPhysics>,
 }
 
 impl Default for PredictorConfig {
@@ -144,6 +168,7 @@ impl Default for PredictorConfig {
             retrain_interval_s: 10.0,
             min_new_rows: 50,
             drift_min_rows: 100,
+            physics: None,
         }
     }
 }
@@ -226,13 +251,16 @@ impl Predictor {
         Self {
             config,
             training: Mutex::new(Training {
-                window: Window::new(config.window),
+                window: Window::new(config.window).with_physics(config.physics),
                 new_rows: 0,
                 drift: [Drift::default(); 2],
                 drift_pending: false,
             }),
             fitting: Mutex::new(()),
-            current: RwLock::new(Arc::new(ModelSet::default())),
+            current: RwLock::new(Arc::new(ModelSet {
+                physics: config.physics,
+                ..ModelSet::default()
+            })),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
             samples_seen: AtomicU64::new(0),
@@ -280,7 +308,7 @@ impl Predictor {
                         Some(Placement::Train) => t.new_rows += 1,
                         Some(Placement::Evaluation) => {
                             if let (Some(m), Some(y)) = (models.target(target), s.target(target)) {
-                                let q = m.predict(&s.features.vector());
+                                let q = m.predict(&models.vector(&s.features));
                                 t.drift[i].observe(((q.point - y) / y).abs(), y <= q.p90);
                                 if t.drift[i]
                                     .drifted(m.accuracy.mape_percent, self.config.drift_min_rows)

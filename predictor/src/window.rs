@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::features::{FeatureVector, Sample, Target};
+use crate::physics::VariantPhysics;
 
 /// Window sizes and the held-out share.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -113,6 +114,7 @@ pub struct Window {
     seq: u64,
     ttft: TargetWindow,
     tpot: TargetWindow,
+    physics: Option<VariantPhysics>,
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -129,7 +131,14 @@ impl Window {
             seq: 0,
             ttft: TargetWindow::default(),
             tpot: TargetWindow::default(),
+            physics: None,
         }
+    }
+
+    /// The same window encoding rows with `physics`'s priors (see [`crate::Features::vector_with`]).
+    pub fn with_physics(mut self, physics: Option<VariantPhysics>) -> Self {
+        self.physics = physics;
+        self
     }
 
     fn target_mut(&mut self, t: Target) -> &mut TargetWindow {
@@ -159,7 +168,7 @@ impl Window {
             Placement::Evaluation
         };
         let key = bucket_of(s);
-        let x = s.features.vector();
+        let x = s.features.vector_with(self.physics.as_ref());
         let cfg = self.config;
         let mut out = [None, None];
         for (i, t) in Target::ALL.into_iter().enumerate() {

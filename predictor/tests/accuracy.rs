@@ -1,9 +1,10 @@
 //! Accuracy on simulator data. Guards two behaviours: (1) conformal calibration: on the held-out
 //! slice of the training distribution p90 covers 88-92 % of requests; (2) generalisation to
 //! workloads never trained on (other length mix, envelope, burstiness, prefix sharing) stays
-//! within the regression bounds below. The 5 % MAPE target is NOT met on this data (see
-//! docs/predictor.md, "Accuracy": the phase of the engine step in progress at dispatch is not an
-//! input and bounds TTFT error at low load).
+//! within the regression bounds below. The predictor is per variant (H100 here) with the
+//! variant's physics priors, as goodput's scheduler keeps it. The 5 % MAPE target is NOT
+//! met on this data (see docs/predictor.md, "Accuracy": the phase of the engine step in progress
+//! at dispatch is not an input and bounds TTFT error at low load).
 //!
 //! Run with `--nocapture` to see the figures (docs/predictor.md quotes them).
 
@@ -13,7 +14,9 @@ mod common;
 
 use goodput_predictor::model::QUANTILES;
 use goodput_predictor::window::WindowConfig;
-use goodput_predictor::{Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Target};
+use goodput_predictor::{
+    Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Target, VariantPhysics,
+};
 
 fn generator(rate: f64, lengths: &str, extra: &str, seed: u64) -> String {
     format!(
@@ -89,7 +92,7 @@ fn score(p: &Predictor, samples: &[Sample], t: Target) -> Accuracy {
     let model = m.target(t).expect("model fitted");
     Accuracy::score(samples.iter().filter_map(|s| {
         let y = s.target(t)?;
-        let q = model.predict(&s.features.vector());
+        let q = model.predict(&m.vector(&s.features));
         Some((q.point, [q.p50, q.p90, q.p99], y))
     }))
 }
@@ -97,7 +100,14 @@ fn score(p: &Predictor, samples: &[Sample], t: Target) -> Accuracy {
 #[test]
 fn held_out_workloads_meet_the_mape_and_coverage_targets() {
     let train = training_data();
+    let catalog = goodput_core::Catalog::builtin();
+    let physics = VariantPhysics::new(
+        catalog.model("llama-3.1-8b").expect("model"),
+        catalog.accelerator("h100").expect("accelerator"),
+        1,
+    );
     let p = Predictor::new(PredictorConfig {
+        physics: Some(physics),
         window: WindowConfig {
             per_bucket: 400,
             held_out_cap: 8000,
@@ -145,15 +155,16 @@ fn held_out_workloads_meet_the_mape_and_coverage_targets() {
                 a.pinball_ms[2],
             );
             assert!(a.rows > 1000, "{name}: too few rows");
-            // Regression bounds at today's figures plus a margin, not the targets.
-            if a.mape_percent > 22.0 {
+            // Regression bounds at today's figures (16.4 % worst) plus a margin, not the issue's
+            // targets (5 %, 0.88-0.92).
+            if a.mape_percent > 18.0 {
                 failures.push(format!(
                     "{name} {}: MAPE {:.2}%",
                     t.as_str(),
                     a.mape_percent
                 ));
             }
-            if !(0.80..=0.985).contains(&a.coverage[1]) {
+            if !(0.82..=0.975).contains(&a.coverage[1]) {
                 failures.push(format!(
                     "{name} {}: p{} coverage {:.3}",
                     t.as_str(),

@@ -42,9 +42,9 @@ drain_s: 300
 fn observe(acc: &str, rate: f64) -> VariantLoad {
     let s = scenario(acc, rate);
     let w = load_workload(&s, std::path::Path::new(".")).expect("workload");
-    let r = simulate(&s, &w, None, None, None).expect("run").report;
-    let t = &r.requests.ttft_ms;
-    let i = &r.requests.itl_ms;
+    let r = simulate(&s, &w, None, None, None).expect("run");
+    let t = &r.report.requests.ttft_ms;
+    let i = &r.report.requests.itl_ms;
     VariantLoad {
         replicas_reporting: 1,
         request_rate: rate,
@@ -104,7 +104,6 @@ const SHAPE: ReplicaLoad = ReplicaLoad {
 };
 
 #[test]
-#[ignore = "fails today: prior +11 % (h100) and +52 % (l40s) over the simulator; see docs/predictor.md"]
 fn capacity_at_the_slo_matches_the_simulator() {
     // Observed variant: corrected with simulated observations at a few loads.
     let sim_h100 = simulated_capacity("h100");

@@ -6,7 +6,7 @@
 //! (`requests[3].kv_cache_percentage`) the way FastAPI's `detail[].loc` does. Unknown fields are
 //! ignored, as pydantic does.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::features::{Features, FieldError, PodType, Sample};
@@ -214,6 +214,68 @@ pub fn list<'a>(body: &'a Value, key: &str, max: usize) -> Result<&'a [Value], F
     Ok(a)
 }
 
+/// One prediction row as the typed fast path reads it (see [`parse_bulk_features_fast`]).
+#[derive(Debug, Deserialize)]
+struct FastRow<'a> {
+    kv_cache_percentage: f64,
+    input_token_length: u32,
+    num_request_waiting: u32,
+    num_request_running: u32,
+    num_tokens_generated: u32,
+    prefix_cache_score: f64,
+    #[serde(default, borrow)]
+    pod_type: Option<&'a str>,
+    #[serde(default)]
+    prefill_tokens_in_flight: u64,
+    #[serde(default)]
+    decode_tokens_in_flight: u64,
+    #[serde(default)]
+    #[allow(dead_code)] // checked for type only, like the generic walk
+    encoder_matched_size: u64,
+    #[serde(default)]
+    #[allow(dead_code)]
+    encoder_input_size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct FastBulk<'a> {
+    #[serde(borrow)]
+    requests: Vec<FastRow<'a>>,
+}
+
+/// The typed fast path of `{"requests":[row...]}`: one serde pass straight into [`Features`],
+/// no `Value` tree. `None` whenever anything is unusual (a type or range error, a missing field,
+/// an escaped `pod_type`, a duplicate key, too few or too many rows): the caller then runs the
+/// generic walk ([`parse_bulk_features`]), which accepts exactly what it accepts and names the
+/// offending field. Every body this accepts, the generic walk accepts with the same result.
+pub fn parse_bulk_features_fast(body: &[u8], max_rows: usize) -> Option<Vec<Features>> {
+    let bulk: FastBulk<'_> = serde_json::from_slice(body).ok()?;
+    if bulk.requests.is_empty() || bulk.requests.len() > max_rows {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bulk.requests.len());
+    for r in &bulk.requests {
+        let f = Features {
+            kv_cache_percentage: r.kv_cache_percentage,
+            input_token_length: r.input_token_length,
+            num_request_waiting: r.num_request_waiting,
+            num_request_running: r.num_request_running,
+            num_tokens_generated: r.num_tokens_generated,
+            prefix_cache_score: r.prefix_cache_score,
+            pod_type: PodType::from_label(r.pod_type),
+            prefill_tokens_in_flight: r.prefill_tokens_in_flight,
+            decode_tokens_in_flight: r.decode_tokens_in_flight,
+        };
+        if !(0.0..=1.0).contains(&f.kv_cache_percentage)
+            || !(0.0..=1.0).contains(&f.prefix_cache_score)
+        {
+            return None;
+        }
+        out.push(f);
+    }
+    Some(out)
+}
+
 /// Parses `{"requests":[row...]}`, all rows or the errors of every bad row.
 pub fn parse_bulk_features(
     body: &Value,
@@ -236,7 +298,7 @@ pub fn parse_bulk_features(
 }
 
 /// A prediction object (`PredictionResponse`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct PredictionOut<'a> {
     pub ttft_ms: f64,
     pub tpot_ms: f64,
@@ -266,6 +328,60 @@ pub struct StrictBulkOut<'a> {
     pub successful_predictions: usize,
     pub failed_predictions: usize,
     pub processing_time_ms: f64,
+}
+
+/// The fields every row of one bulk response shares (all of [`PredictionOut`] after the two
+/// latencies, in its order).
+#[derive(Debug, Serialize)]
+struct PredictionTail<'a> {
+    predicted_at: &'a str,
+    model_type: &'a str,
+    objective_type: &'a str,
+    quantile: f64,
+    last_model_load: Option<&'a str>,
+}
+
+/// The bytes serde writes for [`StrictBulkOut`] with `shared`'s fields on every row and the
+/// `(ttft_ms, tpot_ms)` of `rows`, written without building the rows: the shared fields are
+/// serialised once, each row adds only its two numbers. `None` if serialisation fails.
+pub fn strict_bulk_json(
+    shared: &PredictionOut<'_>,
+    rows: &[(f64, f64)],
+    processing_time_ms: f64,
+) -> Option<Vec<u8>> {
+    let tail = serde_json::to_vec(&PredictionTail {
+        predicted_at: shared.predicted_at,
+        model_type: shared.model_type,
+        objective_type: shared.objective_type,
+        quantile: shared.quantile,
+        last_model_load: shared.last_model_load,
+    })
+    .ok()?;
+    // `tail` is `{...}`: each row continues after its latencies with `,` + tail without `{`.
+    let tail = tail.get(1..)?;
+    let mut out = Vec::with_capacity(rows.len() * (tail.len() + 48) + 128);
+    out.extend_from_slice(b"{\"predictions\":[");
+    for (i, &(ttft, tpot)) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"ttft_ms\":");
+        serde_json::to_writer(&mut out, &ttft).ok()?;
+        out.extend_from_slice(b",\"tpot_ms\":");
+        serde_json::to_writer(&mut out, &tpot).ok()?;
+        out.push(b',');
+        out.extend_from_slice(tail);
+    }
+    let n = rows.len();
+    out.extend_from_slice(
+        format!(
+            "],\"total_requests\":{n},\"successful_predictions\":{n},\"failed_predictions\":0,\"processing_time_ms\":"
+        )
+        .as_bytes(),
+    );
+    serde_json::to_writer(&mut out, &processing_time_ms).ok()?;
+    out.push(b'}');
+    Some(out)
 }
 
 /// One failed row of `/predict/bulk`.
@@ -304,6 +420,79 @@ mod tests {
             ]
         );
         assert_eq!(loc_of("entries"), vec![json!("body"), json!("entries")]);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_generic_walk_or_refuses() {
+        let row = |kv: f64, pod: Value| {
+            json!({"kv_cache_percentage":kv,"input_token_length":1830,"num_request_waiting":2,
+                "num_request_running":7,"num_tokens_generated":1,"prefix_cache_score":0.75,
+                "prefill_tokens_in_flight":5120,"decode_tokens_in_flight":3,
+                "encoder_input_size":0,"pod_type":pod,"unknown":"ignored"})
+        };
+        let body = json!({"requests":[row(0.4, json!("")), row(1.0, json!("decode")),
+            row(0.0, Value::Null)]});
+        let bytes = body.to_string();
+        let fast = parse_bulk_features_fast(bytes.as_bytes(), 10).unwrap();
+        assert_eq!(fast, parse_bulk_features(&body, 10).unwrap());
+        assert_eq!(fast[1].pod_type, PodType::Decode);
+        // Refused (the generic walk then decides): out of range, a lax integer, too many rows,
+        // no rows; and below an escaped label, which the generic walk reads the same.
+        for (b, max) in [
+            (json!({"requests":[row(1.5, json!(""))]}), 10),
+            (
+                json!({"requests":[{"kv_cache_percentage":0.5,"input_token_length":10.0,
+                "num_request_waiting":0,"num_request_running":1,"num_tokens_generated":1,
+                "prefix_cache_score":0}]}),
+                10,
+            ),
+            (body.clone(), 2),
+            (json!({"requests":[]}), 10),
+        ] {
+            assert!(parse_bulk_features_fast(b.to_string().as_bytes(), max).is_none());
+        }
+        let escaped = bytes.replacen(r#""decode""#, r#""dec\u006fde""#, 1);
+        assert!(parse_bulk_features_fast(escaped.as_bytes(), 10).is_none());
+        assert_eq!(
+            parse_bulk_features(&serde_json::from_str::<Value>(&escaped).unwrap(), 10).unwrap(),
+            fast
+        );
+    }
+
+    #[test]
+    fn the_hand_written_strict_bulk_body_is_byte_identical_to_serde() {
+        for last in [None, Some("2026-01-01T00:00:00Z")] {
+            let shared = PredictionOut {
+                ttft_ms: 0.0,
+                tpot_ms: 0.0,
+                predicted_at: "2026-01-01T00:00:01.5Z",
+                model_type: "xgboost",
+                objective_type: "quantile",
+                quantile: 0.9,
+                last_model_load: last,
+            };
+            let rows = [(12.5, 3.25), (1e-7, 0.0), (123_456.789, 1.0 / 3.0)];
+            let serde = serde_json::to_vec(&StrictBulkOut {
+                predictions: rows
+                    .iter()
+                    .map(|&(t, p)| PredictionOut {
+                        ttft_ms: t,
+                        tpot_ms: p,
+                        ..shared
+                    })
+                    .collect(),
+                total_requests: 3,
+                successful_predictions: 3,
+                failed_predictions: 0,
+                processing_time_ms: 0.123,
+            })
+            .unwrap();
+            let ours = strict_bulk_json(&shared, &rows, 0.123).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use crate::features::{FieldError, Target};
 use crate::predictor::{ModelSet, Predictor};
 
-use api::{BulkError, BulkOut, PredictionOut, SinglePredictionOut, StrictBulkOut, ValidationBody};
+use api::{BulkError, BulkOut, PredictionOut, SinglePredictionOut, ValidationBody};
 
 /// What the predictions mean (`LATENCY_OBJECTIVE_TYPE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +274,7 @@ fn predict_inner(st: &AppState, body: &[u8]) -> Response {
         return not_ready("Models not ready");
     }
     let (ttft, tpot) = models.predict_at(&f, st.quantile_arg());
-    let x = f.vector();
+    let x = models.vector(&f);
     let bounds = |t: Target| {
         models.target(t).map_or([0.0, 0.0], |m| {
             [
@@ -308,13 +308,19 @@ async fn predict_bulk_strict(State(st): State<Arc<AppState>>, body: Bytes) -> Re
 /// `/predict/bulk/strict` without the HTTP layer (also what the benchmark times).
 pub fn predict_bulk_strict_inner(st: &AppState, body: &[u8]) -> Response {
     let started = Instant::now();
-    let v = match parse_body(body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let rows = match api::parse_bulk_features(&v, st.config.max_rows) {
-        Ok(r) => r,
-        Err(e) => return unprocessable(&e),
+    let rows = match api::parse_bulk_features_fast(body, st.config.max_rows) {
+        Some(rows) => rows,
+        None => {
+            // Anything unusual: the generic walk decides, and names the field when it rejects.
+            let v = match parse_body(body) {
+                Ok(v) => v,
+                Err(r) => return *r,
+            };
+            match api::parse_bulk_features(&v, st.config.max_rows) {
+                Ok(r) => r,
+                Err(e) => return unprocessable(&e),
+            }
+        }
     };
     let models = st.predictor.models();
     if !models.is_ready() {
@@ -322,25 +328,23 @@ pub fn predict_bulk_strict_inner(st: &AppState, body: &[u8]) -> Response {
     }
     let s = stamp(&models);
     let q = st.quantile_arg();
-    let predictions: Vec<PredictionOut<'_>> = rows
+    let values: Vec<(f64, f64)> = rows
         .iter()
         .map(|f| {
             let (t, p) = models.predict_at(f, q);
-            out(st, &s, t, p)
+            (t.max(0.0), p.max(0.0))
         })
         .collect();
     st.rows_predicted.inc_by(rows.len() as u64);
-    let n = predictions.len();
-    to_json(
-        StatusCode::OK,
-        &StrictBulkOut {
-            predictions,
-            total_requests: n,
-            successful_predictions: n,
-            failed_predictions: 0,
-            processing_time_ms: started.elapsed().as_secs_f64() * 1e3,
-        },
-    )
+    let shared = out(st, &s, 0.0, 0.0);
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    match api::strict_bulk_json(&shared, &values, elapsed_ms) {
+        Some(body) => json_response(StatusCode::OK, body),
+        None => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"detail":"serialisation failed"}"#.to_vec(),
+        ),
+    }
 }
 
 async fn predict_bulk(State(st): State<Arc<AppState>>, body: Bytes) -> Response {

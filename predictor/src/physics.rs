@@ -1,0 +1,152 @@
+//! Engine physics of one variant (a model on an accelerator at a TP degree), used to turn a
+//! dispatch-time [`Features`] snapshot into *prior* latencies: what the roofline step-time
+//! model (`goodput_core::perf::StepCost`) and vLLM's chunked-prefill scheduler say the request
+//! should see, before any learning. The models then learn only the log-ratio actual/prior
+//! (plus whatever the prior misses), which is far easier than learning the physics from scratch
+//! and carries over to workloads never trained on.
+//!
+//! Pure: values in, values out. A predictor without physics (an HTTP server not told its
+//! variant) gets zeros for these features and behaves as before.
+
+use goodput_core::catalog::{Accelerator, EngineLimits, Model};
+use goodput_core::perf::kv_capacity_tokens;
+use goodput_core::{StepCost, StepWork};
+
+use crate::features::Features;
+
+/// What the predictor knows about one variant's engine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VariantPhysics {
+    pub cost: StepCost,
+    /// `max_num_batched_tokens`: tokens one step may compute.
+    pub token_budget: u32,
+    /// KV-cache capacity of one replica, tokens (turns `kv_cache_percentage` into tokens).
+    pub kv_capacity_tokens: u64,
+}
+
+/// Prior latencies of one request on one endpoint, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PriorLatency {
+    /// Residual of the step in flight + every prefill chunk ahead of and including the request's.
+    pub ttft_ms: f64,
+    /// A decode step of the running batch plus this request.
+    pub tpot_ms: f64,
+    /// A step carrying a full prefill chunk plus that batch's decodes (what a decode step costs
+    /// when later prompts are chunked into it).
+    pub mixed_step_ms: f64,
+}
+
+impl VariantPhysics {
+    /// The physics of `model` on `tp` devices of `acc` with vLLM's default engine limits.
+    pub fn new(model: &Model, acc: &Accelerator, tp: u32) -> Self {
+        let limits = EngineLimits::vllm_defaults(acc);
+        Self::with_limits(model, acc, tp, &limits)
+    }
+
+    /// The same with explicit engine limits.
+    pub fn with_limits(model: &Model, acc: &Accelerator, tp: u32, limits: &EngineLimits) -> Self {
+        Self {
+            cost: StepCost::new(model, acc, tp, &Default::default()),
+            token_budget: limits.max_num_batched_tokens.max(1),
+            kv_capacity_tokens: kv_capacity_tokens(model, acc, tp, limits),
+        }
+    }
+
+    /// Prior TTFT/TPOT for `f` (see the module docs).
+    ///
+    /// TTFT: the queue ahead (`prefill_tokens_in_flight`) plus the request's own uncached
+    /// prompt is computed in chunks of `budget − running` tokens, each chunk sharing its step
+    /// with the running decodes (their mean context from the KV usage); the request arrives
+    /// on average half-way through the step in flight (none when the endpoint is idle).
+    /// TPOT: a decode step of `running + 1` requests at the KV-implied context plus the
+    /// request's prompt.
+    #[inline]
+    pub fn prior(&self, f: &Features) -> PriorLatency {
+        let running = f64::from(f.num_request_running);
+        let input = f64::from(f.input_token_length);
+        let own = (1.0 - f.prefix_cache_score.clamp(0.0, 1.0)) * input;
+        let cached = input - own;
+        let ahead = f.prefill_tokens_in_flight as f64;
+        let kv_tokens = f.kv_cache_percentage.clamp(0.0, 1.0) * self.kv_capacity_tokens as f64;
+        let budget = f64::from(self.token_budget);
+        let room = (budget - running).max(1.0);
+        // One step: `chunk` prefill tokens (at `prefix` cached tokens before them) + the decodes.
+        let step = |chunk: f64, prefix: f64, decodes: f64, context: f64| {
+            let mut w = StepWork {
+                tokens: chunk + decodes,
+                attention_pairs: chunk * prefix + chunk * (chunk + 1.0) / 2.0 + context + decodes,
+                kv_tokens: prefix + chunk + context + decodes,
+                requests: decodes,
+                has_prefill: chunk > 0.0,
+            };
+            if chunk > 0.0 {
+                w.requests += 1.0;
+            }
+            self.cost.step_time(&w)
+        };
+        let total = ahead + own.max(1.0);
+        let full = (total / room).floor();
+        let rem = total - full * room;
+        let in_flight = if ahead > 0.0 {
+            step(ahead.min(room), 0.0, running, kv_tokens)
+        } else if running > 0.0 {
+            step(0.0, 0.0, running, kv_tokens)
+        } else {
+            0.0
+        };
+        let chunk_full = if full > 0.0 {
+            step(room, cached, running, kv_tokens)
+        } else {
+            0.0
+        };
+        let ttft = 0.5 * in_flight + full * chunk_full + step(rem, cached, running, kv_tokens);
+        let tpot = step(0.0, 0.0, running + 1.0, kv_tokens + input);
+        let mixed = step(room, 0.0, running + 1.0, kv_tokens + input);
+        PriorLatency {
+            ttft_ms: ttft * 1e3,
+            tpot_ms: tpot * 1e3,
+            mixed_step_ms: mixed * 1e3,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goodput_core::Catalog;
+
+    fn physics(acc: &str) -> VariantPhysics {
+        let c = Catalog::builtin();
+        VariantPhysics::new(
+            c.model("llama-3.1-8b").unwrap(),
+            c.accelerator(acc).unwrap(),
+            1,
+        )
+    }
+
+    #[test]
+    fn priors_grow_with_queue_prompt_and_batch_and_with_a_slower_device() {
+        let p = physics("h100");
+        let idle = Features {
+            input_token_length: 1000,
+            ..Default::default()
+        };
+        let a = p.prior(&idle);
+        assert!(a.ttft_ms > 0.0 && a.tpot_ms > 0.0 && a.mixed_step_ms >= a.tpot_ms);
+        let queued = p.prior(&Features {
+            prefill_tokens_in_flight: 20_000,
+            num_request_running: 30,
+            kv_cache_percentage: 0.2,
+            ..idle
+        });
+        assert!(queued.ttft_ms > 2.0 * a.ttft_ms);
+        assert!(queued.tpot_ms > a.tpot_ms);
+        let cached = p.prior(&Features {
+            prefix_cache_score: 0.9,
+            ..idle
+        });
+        assert!(cached.ttft_ms < a.ttft_ms);
+        let slow = physics("l40s").prior(&idle);
+        assert!(slow.ttft_ms > a.ttft_ms && slow.tpot_ms > a.tpot_ms);
+    }
+}

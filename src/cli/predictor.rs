@@ -54,6 +54,17 @@ pub struct ServeArgs {
     /// Most rows in one bulk prediction.
     #[arg(long, env = "GOODPUT_PREDICTOR_MAX_ROWS", default_value_t = 100_000)]
     pub max_rows: usize,
+    /// Catalog model id of the endpoints this predictor serves. With `--accelerator` (and
+    /// `--tp`) it gives the models the variant's roofline physics as prior features; without,
+    /// the models learn from the llm-d features alone.
+    #[arg(long, env = "GOODPUT_PREDICTOR_MODEL", requires = "accelerator")]
+    pub model: Option<String>,
+    /// Catalog accelerator id of the endpoints (h100, a100, l40s, tpu-v5e, ...).
+    #[arg(long, env = "GOODPUT_PREDICTOR_ACCELERATOR", requires = "model")]
+    pub accelerator: Option<String>,
+    /// Tensor-parallel degree of the endpoints.
+    #[arg(long, env = "GOODPUT_PREDICTOR_TP", default_value_t = 1)]
+    pub tp: u32,
 }
 
 pub fn run(cmd: PredictorCommand) -> anyhow::Result<()> {
@@ -82,6 +93,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retrain_interval_s: args.retrain_interval_s,
         ..Default::default()
     };
+    if let (Some(model), Some(acc)) = (&args.model, &args.accelerator) {
+        anyhow::ensure!(
+            args.tp > 0 && args.tp.is_power_of_two(),
+            "--tp must be a power of two, got {}",
+            args.tp
+        );
+        let catalog = goodput_core::Catalog::builtin();
+        config.physics = Some(goodput_predictor::physics::VariantPhysics::new(
+            catalog.model(model)?,
+            catalog.accelerator(acc)?,
+            args.tp,
+        ));
+    }
     config.window.per_bucket = args.per_bucket.max(1);
     config.fit.min_training_rows = args.min_samples.max(2);
     let predictor = Arc::new(Predictor::new(config));

@@ -114,7 +114,12 @@ impl HpaKv {
             }
         }
         let desired = if rec < current {
-            self.recs.iter().map(|(_, r)| *r).max().unwrap_or(rec).min(current)
+            self.recs
+                .iter()
+                .map(|(_, r)| *r)
+                .max()
+                .unwrap_or(rec)
+                .min(current)
         } else {
             rec
         };
@@ -123,7 +128,10 @@ impl HpaKv {
             out.push(decision(
                 self.primary,
                 desired,
-                &format!("hpa-kv: kv {:.2} / target {:.2}", load.kv_usage, self.target),
+                &format!(
+                    "hpa-kv: kv {:.2} / target {:.2}",
+                    load.kv_usage, self.target
+                ),
             ));
         }
         out
@@ -180,8 +188,16 @@ impl WvaSaturation {
         let scale_up = if non_sat.is_empty() {
             true
         } else {
-            let spare_kv = non_sat.iter().map(|(k, _)| self.kv_threshold - k).sum::<f64>() / n;
-            let spare_q = non_sat.iter().map(|(_, q)| self.queue_threshold - q).sum::<f64>() / n;
+            let spare_kv = non_sat
+                .iter()
+                .map(|(k, _)| self.kv_threshold - k)
+                .sum::<f64>()
+                / n;
+            let spare_q = non_sat
+                .iter()
+                .map(|(_, q)| self.queue_threshold - q)
+                .sum::<f64>()
+                / n;
             spare_kv < self.kv_spare_trigger || spare_q < self.queue_spare_trigger
         };
         let scale_down = !scale_up && non_sat.len() >= 2 && {
@@ -198,7 +214,11 @@ impl WvaSaturation {
             });
             if let Some(i) = pick {
                 let v = &view.variants[i];
-                out.push(decision(i, v.ready + 1, "wva: saturated, +1 on the cheapest"));
+                out.push(decision(
+                    i,
+                    v.ready + 1,
+                    "wva: saturated, +1 on the cheapest",
+                ));
             }
         } else if scale_down {
             let pick = view
@@ -215,7 +235,11 @@ impl WvaSaturation {
                 .map(|(i, _)| i);
             if let Some(i) = pick {
                 let v = &view.variants[i];
-                out.push(decision(i, v.ready - 1, "wva: spare capacity, -1 on the most expensive"));
+                out.push(decision(
+                    i,
+                    v.ready - 1,
+                    "wva: spare capacity, -1 on the most expensive",
+                ));
             }
         }
         out
@@ -305,7 +329,11 @@ impl KedaSlo {
         let d = if n == 0 {
             lo
         } else if s > self.theta_up {
-            let c = if r > 0 && r < n { r as f64 / n as f64 } else { 1.0 };
+            let c = if r > 0 && r < n {
+                r as f64 / n as f64
+            } else {
+                1.0
+            };
             n + (n as f64 * (s * c / self.theta_up - 1.0)).ceil().max(0.0) as u32
         } else if s < self.theta_down {
             n - (n as f64 * (1.0 - s / self.theta_down)).floor().max(0.0) as u32
@@ -320,7 +348,13 @@ impl KedaSlo {
         prune(&mut self.down_recs, now, 180.0);
         let mut desired = n;
         if d > n {
-            let up = self.up_recs.iter().map(|(_, x)| *x).min().unwrap_or(d).max(n);
+            let up = self
+                .up_recs
+                .iter()
+                .map(|(_, x)| *x)
+                .min()
+                .unwrap_or(d)
+                .max(n);
             let base = match self.last_up {
                 Some((t, base)) if now - t < 60.0 => base,
                 _ => n,
@@ -331,7 +365,13 @@ impl KedaSlo {
                 self.last_up = Some((now, n));
             }
         } else if d < n {
-            let down = self.down_recs.iter().map(|(_, x)| *x).max().unwrap_or(d).min(n);
+            let down = self
+                .down_recs
+                .iter()
+                .map(|(_, x)| *x)
+                .max()
+                .unwrap_or(d)
+                .min(n);
             if down < n && self.last_down.is_none_or(|t| now - t >= 120.0) {
                 desired = n - 1;
                 self.last_down = Some(now);
@@ -441,12 +481,28 @@ impl DynamoPlanner {
         };
         self.last = Some(view.now_s);
         let rate = l.request_rate + l.waiting / self.interval_s;
-        let isl = if l.mean_prompt_tokens > 0.0 { l.mean_prompt_tokens } else { 3000.0 };
-        let osl = if l.mean_output_tokens > 0.0 { l.mean_output_tokens } else { 150.0 };
+        let isl = if l.mean_prompt_tokens > 0.0 {
+            l.mean_prompt_tokens
+        } else {
+            3000.0
+        };
+        let osl = if l.mean_output_tokens > 0.0 {
+            l.mean_output_tokens
+        } else {
+            150.0
+        };
         let p = self.prefill_thpt_per_gpu(isl);
         let d = self.decode_thpt_per_gpu(self.slo.itl_ms / 1e3, isl + osl / 2.0);
-        let num_p = if p > 0.0 { (rate * isl / p).ceil() } else { f64::from(v.max_replicas) };
-        let num_d = if d > 0.0 { (rate * osl / d).ceil() } else { f64::from(v.max_replicas) };
+        let num_p = if p > 0.0 {
+            (rate * isl / p).ceil()
+        } else {
+            f64::from(v.max_replicas)
+        };
+        let num_d = if d > 0.0 {
+            (rate * osl / d).ceil()
+        } else {
+            f64::from(v.max_replicas)
+        };
         let want = (num_p.max(num_d) as u32).clamp(lo, v.max_replicas.max(lo));
         if want != v.target {
             out.push(decision(

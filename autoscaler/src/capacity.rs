@@ -4,7 +4,7 @@
 //! load shape (mean prompt and output tokens, prefix-cache hit rate) while the share of requests
 //! meeting both the TTFT and the ITL targets stays at or above a quantile. [`EngineCapacity`]
 //! answers by probing the simulator's vLLM engine model (`goodput_sim::engine::Engine`) with a
-//! synthetic steady Poisson workload of that shape and bisecting on the rate; answers are cached
+//! synthetic steady workload of that shape (bursty arrivals, CV 2) and bisecting on the rate; answers are cached
 //! per (variant, rounded shape), so a controller pays for each probe once. Using the engine model
 //! keeps the policy consistent with the simulator's physics, and in production it is the same
 //! calibrated model of a vLLM replica.
@@ -27,9 +27,9 @@ pub struct LoadShape {
 }
 
 impl LoadShape {
-    /// The shape rounded to a cache key: lengths to 10 % log buckets, the hit rate to tenths.
+    /// The shape rounded to a cache key: lengths to 25 % log buckets, the hit rate to tenths.
     fn key(&self) -> (i32, i32, i32) {
-        let b = |x: f64| (x.max(1.0).ln() / 1.1f64.ln()).round() as i32;
+        let b = |x: f64| (x.max(1.0).ln() / 1.25f64.ln()).round() as i32;
         (
             b(self.mean_input_tokens),
             b(self.mean_output_tokens),
@@ -39,7 +39,7 @@ impl LoadShape {
 
     /// The representative shape of a cache key (so cached answers do not depend on call order).
     fn from_key(k: (i32, i32, i32)) -> Self {
-        let v = |b: i32| 1.1f64.powi(b).max(1.0);
+        let v = |b: i32| 1.25f64.powi(b).max(1.0);
         Self {
             mean_input_tokens: v(k.0),
             mean_output_tokens: v(k.1),
@@ -93,7 +93,7 @@ impl EngineCapacity {
     }
 
     fn meets(&self, params: &EngineParams, shape: &LoadShape, rate: f64) -> bool {
-        let n = ((rate * 300.0) as usize).clamp(200, 2000);
+        let n = ((rate * 150.0) as usize).clamp(200, 1200);
         let finished = probe(params, shape, rate, n);
         let warm = n / 10;
         let mut ok = 0usize;
@@ -138,7 +138,7 @@ impl CapacityModel for EngineCapacity {
             }
         }
         if found_fail {
-            for _ in 0..8 {
+            for _ in 0..6 {
                 let mid = 0.5 * (lo + hi);
                 if self.meets(&params, &shape, mid) {
                     lo = mid;
@@ -170,7 +170,10 @@ impl SplitMix {
     }
 }
 
-/// Runs `n` Poisson arrivals at `rate` of the given shape through one engine; lengths are
+/// Coefficient of variation of the probes' inter-arrival times.
+pub const ARRIVAL_CV: f64 = 2.0;
+
+/// Runs `n` bursty arrivals at mean `rate` of the given shape through one engine; lengths are
 /// exponential around the means (capped at 4x), the cached share of each prompt is one shared
 /// prefix.
 fn probe(params: &EngineParams, shape: &LoadShape, rate: f64, n: usize) -> Vec<Finished> {
@@ -180,8 +183,17 @@ fn probe(params: &EngineParams, shape: &LoadShape, rate: f64, n: usize) -> Vec<F
     let max_len = params.max_model_len.max(2);
     let mut out = Vec::with_capacity(n);
     let mut t = 0.0;
+    // Bursty arrivals: a balanced two-phase hyperexponential with coefficient of variation
+    // ARRIVAL_CV (production LLM traffic is burstier than Poisson).
+    let c2 = ARRIVAL_CV * ARRIVAL_CV;
+    let p = 0.5 * (1.0 + ((c2 - 1.0) / (c2 + 1.0)).sqrt());
+    let mean_gap = 1.0 / rate;
     for id in 0..n {
-        t += rng.exp(1.0 / rate);
+        t += if rng.next_f64() < p {
+            rng.exp(mean_gap / (2.0 * p))
+        } else {
+            rng.exp(mean_gap / (2.0 * (1.0 - p)))
+        };
         let output = rng
             .exp(shape.mean_output_tokens)
             .clamp(1.0, 4.0 * shape.mean_output_tokens.max(1.0))

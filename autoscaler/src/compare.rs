@@ -52,8 +52,18 @@ pub struct Prepared {
 fn stats(w: &Workload) -> (LoadShape, f64, f64) {
     let n = w.requests.len().max(1) as f64;
     let shape = LoadShape {
-        mean_input_tokens: w.requests.iter().map(|r| r.input_tokens as f64).sum::<f64>() / n,
-        mean_output_tokens: w.requests.iter().map(|r| r.output_tokens as f64).sum::<f64>() / n,
+        mean_input_tokens: w
+            .requests
+            .iter()
+            .map(|r| r.input_tokens as f64)
+            .sum::<f64>()
+            / n,
+        mean_output_tokens: w
+            .requests
+            .iter()
+            .map(|r| r.output_tokens as f64)
+            .sum::<f64>()
+            / n,
         prefix_hit_rate: 0.0,
     };
     let rate_in = |a: f64, b: f64| {
@@ -74,18 +84,45 @@ fn stats(w: &Workload) -> (LoadShape, f64, f64) {
 }
 
 /// Builds policy `name` for `scenario` and `workload`.
-pub fn prepare(name: &str, scenario: &Scenario, workload: &Workload) -> Result<Prepared, CompareError> {
+pub fn prepare(
+    name: &str,
+    scenario: &Scenario,
+    workload: &Workload,
+) -> Result<Prepared, CompareError> {
+    prepare_with(name, scenario, workload, None)
+}
+
+/// The capacity model of a scenario (engine probes at its SLO).
+pub fn capacity_for(scenario: &Scenario) -> Result<EngineCapacity, CompareError> {
+    let variants = resolve_variants(scenario, scenario.mode)
+        .map_err(|e| CompareError::Scenario(e.to_string()))?;
+    let engines: Vec<_> = variants.iter().map(|v| v.engine.clone()).collect();
+    Ok(EngineCapacity::new(engines, scenario.slo, PROBE_QUANTILE))
+}
+
+/// [`prepare`], reusing a capacity model (and its cache of probes) of the same scenario.
+pub fn prepare_with(
+    name: &str,
+    scenario: &Scenario,
+    workload: &Workload,
+    capacity: Option<EngineCapacity>,
+) -> Result<Prepared, CompareError> {
     let mut scenario = scenario.clone();
     if name == "fixed" {
-        return Ok(Prepared { scenario, policy: None });
+        return Ok(Prepared {
+            scenario,
+            policy: None,
+        });
     }
     if !POLICIES.contains(&name) {
         return Err(CompareError::UnknownPolicy(name.to_string()));
     }
     let variants = resolve_variants(&scenario, scenario.mode)
         .map_err(|e| CompareError::Scenario(e.to_string()))?;
-    let engines: Vec<_> = variants.iter().map(|v| v.engine.clone()).collect();
-    let mut capacity = EngineCapacity::new(engines, scenario.slo, PROBE_QUANTILE);
+    let mut capacity = match capacity {
+        Some(c) => c,
+        None => capacity_for(&scenario)?,
+    };
     let (shape, initial, peak) = stats(workload);
     let pool_caps: Vec<u32> = scenario.pools.iter().map(|p| p.capacity).collect();
     let mut cands: Vec<Candidate> = variants
@@ -116,7 +153,11 @@ pub fn prepare(name: &str, scenario: &Scenario, workload: &Workload) -> Result<P
             }
         }
     }
-    let sized_for = if name == "static-peak" { peak } else { initial * 1.1 };
+    let sized_for = if name == "static-peak" {
+        peak
+    } else {
+        initial * 1.1
+    };
     let mut start = optimise(&cands, &pool_caps, sized_for).replicas;
     if start.iter().sum::<u32>() == 0 && !start.is_empty() {
         start[primary] = 1;
@@ -157,8 +198,14 @@ pub fn compare(
     policies: &[String],
 ) -> Result<Vec<RunReport>, CompareError> {
     let mut out = Vec::new();
+    // Probe the workload's mean shape once; every policy starts from a clone of this cache.
+    let mut capacity = capacity_for(scenario)?;
+    let (shape, _, _) = stats(workload);
+    for i in 0..scenario.variants.len() {
+        capacity.max_rate(i, &shape);
+    }
     for name in policies {
-        let mut p = prepare(name, scenario, workload)?;
+        let mut p = prepare_with(name, scenario, workload, Some(capacity.clone()))?;
         let sim = simulate(
             &p.scenario,
             workload,

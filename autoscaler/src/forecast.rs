@@ -104,10 +104,10 @@ impl Default for ForecastConfig {
     fn default() -> Self {
         Self {
             alpha: 0.5,
-            beta: 0.2,
-            z: 1.65,
+            beta: 0.1,
+            z: 1.0,
             margin_floor: 0.1,
-            margin_cap: 1.0,
+            margin_cap: 0.3,
         }
     }
 }
@@ -136,7 +136,11 @@ pub struct Forecaster {
     /// Exponentially weighted mean squared relative error.
     mse: f64,
     scored: u32,
+    seen: u32,
 }
+
+/// Forecasts not scored at the start (the level starts from one observation).
+const WARMUP_FORECASTS: u32 = 5;
 
 impl Forecaster {
     pub fn new(cfg: ForecastConfig) -> Self {
@@ -148,6 +152,7 @@ impl Forecaster {
             pending: VecDeque::new(),
             mse: 0.0,
             scored: 0,
+            seen: 0,
         }
     }
 
@@ -172,6 +177,11 @@ impl Forecaster {
             self.pending.pop_front();
             let denom = rate.max(predicted).max(0.1);
             let e = (rate - predicted) / denom;
+            self.seen += 1;
+            if self.seen <= WARMUP_FORECASTS {
+                // Forecasts made while the level was still settling say little about its error.
+                continue;
+            }
             self.mse = if self.scored == 0 {
                 e * e
             } else {
@@ -190,14 +200,18 @@ impl Forecaster {
                 let new_level = self.cfg.alpha * rate + (1.0 - self.cfg.alpha) * predicted;
                 let slope = (new_level - level) / dt;
                 self.trend = self.cfg.beta * slope + (1.0 - self.cfg.beta) * self.trend;
-                self.level = Some(new_level);
+                self.level = Some(new_level.max(0.0));
             }
         }
         self.last_t = now_s;
         let level = self.level.unwrap_or(rate);
-        let ahead = (level + self.trend * horizon_s).max(0.0);
+        // The trend may move the level by at most half of it over one horizon.
+        let ahead = (level + self.trend * horizon_s)
+            .max(0.5 * level)
+            .min(1.5 * level);
         self.pending.push_back((now_s + horizon_s, ahead));
-        let margin = (self.cfg.z * self.rms_error()).clamp(self.cfg.margin_floor, self.cfg.margin_cap);
+        let margin =
+            (self.cfg.z * self.rms_error()).clamp(self.cfg.margin_floor, self.cfg.margin_cap);
         Forecast {
             rate: ahead,
             margin,
@@ -218,10 +232,12 @@ mod tests {
             let t = i as f64 * 30.0;
             last = Some(f.observe(t, 1.0 + 0.01 * t, 270.0));
         }
-        let Some(fc) = last else { panic!("no forecast") };
+        let Some(fc) = last else {
+            panic!("no forecast")
+        };
         // At t = 1170 the rate is 12.7; 270 s later it will be 15.4.
         assert!(fc.rate > 14.0 && fc.rate < 16.5, "{fc:?}");
-        assert!(f.scored() > 20);
+        assert!(f.scored() > 15);
         assert!(f.rms_error() < 0.2, "{}", f.rms_error());
     }
 

@@ -5,9 +5,9 @@
 //! plus one interval ahead and adds its burst margin, the [`CapacityModel`] gives each variant's
 //! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
 //! mix for the provisioned rate. Stability rules shape the plan into targets: scale-up is
-//! immediate and jumps straight to the plan (replicas still starting count as capacity, since the
-//! view's target includes them); scale-down takes the largest plan seen over the stabilisation
-//! window, only when the fleet's capacity exceeds the need by more than the hysteresis band, and
+//! immediate and jumps straight to the plan (replicas still starting are counted, since the view's
+//! target includes them, so they are not asked for twice); scale-down takes the largest plan seen over the stabilisation
+//! window, only when the ready fleet's capacity exceeds the need by more than the hysteresis band, and
 //! never on missing or stale data. Replicas are never below min, above max or beyond pool
 //! capacity.
 
@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use goodput_sim::policy::{ClusterView, ScaleDecision};
 
 use crate::capacity::{CapacityModel, LoadShape};
-use crate::forecast::{ForecastConfig, Forecaster, estimate};
+use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate};
 use crate::optimizer::{Candidate, optimise};
 
 /// Tuning of goodput's policy.
@@ -33,6 +33,8 @@ pub struct GoodputConfig {
     pub interval_s: f64,
     /// Replicas kept across all variants while there is no demand (0 allows scale to zero).
     pub min_total_replicas: u32,
+    /// Share of a replica's probed SLO capacity the plan may use (headroom for length tails).
+    pub utilisation: f64,
     /// Shape assumed before any request was observed.
     pub default_shape: LoadShape,
 }
@@ -46,6 +48,7 @@ impl Default for GoodputConfig {
             stale_after_s: 120.0,
             interval_s: 30.0,
             min_total_replicas: 1,
+            utilisation: 1.0,
             default_shape: LoadShape {
                 mean_input_tokens: 1000.0,
                 mean_output_tokens: 200.0,
@@ -63,6 +66,16 @@ pub struct GoodputPolicy<C: CapacityModel> {
     /// Recent plans (time, replicas per variant) for the scale-down window.
     history: VecDeque<(f64, Vec<u32>)>,
     last_shape: Option<LoadShape>,
+    last_forecast: Option<Forecast>,
+    first_seen: Option<f64>,
+}
+
+fn fc_zero() -> Forecast {
+    Forecast {
+        rate: 0.0,
+        margin: 0.0,
+        provision_rate: 0.0,
+    }
 }
 
 impl<C: CapacityModel> GoodputPolicy<C> {
@@ -73,6 +86,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             capacity,
             history: VecDeque::new(),
             last_shape: None,
+            last_forecast: None,
+            first_seen: None,
         }
     }
 
@@ -96,7 +111,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .unwrap_or(usize::MAX),
                 min_replicas: v.min_replicas,
                 max_replicas: v.max_replicas,
-                rate_per_replica: self.capacity.max_rate(i, shape),
+                rate_per_replica: self.capacity.max_rate(i, shape) * self.cfg.utilisation,
             })
             .collect()
     }
@@ -108,10 +123,36 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             .iter()
             .map(|v| (v.load.as_ref(), v.ready))
             .collect();
-        let est = estimate(&loads, self.cfg.stale_after_s);
-        let shape = if est.shape.mean_input_tokens > 0.0 {
-            self.last_shape = Some(est.shape);
-            est.shape
+        let mut est = estimate(&loads, self.cfg.stale_after_s);
+        // Requests running but none finished yet in the window: the rate is not known yet.
+        let running: f64 = view
+            .variants
+            .iter()
+            .filter_map(|v| v.load.as_ref())
+            .map(|l| l.running)
+            .sum();
+        if est.rate <= 0.0 && running > 0.0 {
+            est.fresh = false;
+        }
+        if self.first_seen.is_none() {
+            self.first_seen = Some(view.now_s);
+        }
+        // Learn the shape only from enough traffic (about 30 requests a minute): a handful of
+        // requests says little about the lengths.
+        let shape = if est.shape.mean_input_tokens > 0.0 && est.rate >= 0.5 {
+            // Smoothed, so that one odd minute does not reshuffle the mix.
+            let s = match self.last_shape {
+                Some(p) => LoadShape {
+                    mean_input_tokens: 0.8 * p.mean_input_tokens
+                        + 0.2 * est.shape.mean_input_tokens,
+                    mean_output_tokens: 0.8 * p.mean_output_tokens
+                        + 0.2 * est.shape.mean_output_tokens,
+                    prefix_hit_rate: 0.8 * p.prefix_hit_rate + 0.2 * est.shape.prefix_hit_rate,
+                },
+                None => est.shape,
+            };
+            self.last_shape = Some(s);
+            s
         } else {
             self.last_shape.unwrap_or(self.cfg.default_shape)
         };
@@ -120,9 +161,19 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             .iter()
             .map(|p| p.startup_s)
             .fold(0.0f64, f64::max);
-        let fc = self
-            .forecaster
-            .observe(view.now_s, est.rate, startup + self.cfg.interval_s);
+        let horizon = startup + self.cfg.interval_s;
+        if !est.fresh && self.last_forecast.is_none() {
+            // No usable data yet: hold the fleet as it is.
+            return Vec::new();
+        }
+        let fc = if est.fresh {
+            let fc = self.forecaster.observe(view.now_s, est.rate, horizon);
+            self.last_forecast = Some(fc);
+            fc
+        } else {
+            // Hold the last forecast rather than learn from a gap in the data.
+            self.last_forecast.unwrap_or(fc_zero())
+        };
         let cands = self.candidates(view, &shape);
         let pool_caps: Vec<u32> = view.pools.iter().map(|p| p.capacity).collect();
         let mut plan = optimise(&cands, &pool_caps, fc.provision_rate);
@@ -145,14 +196,21 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 break;
             }
         }
-        // Current capacity (starting replicas count) vs what is needed.
+        // Scale-down needs the *ready* fleet to exceed the need: replicas still starting count
+        // against scaling up again (the plan is compared with targets), but never as capacity
+        // that lets ready replicas go before their replacements serve.
         let current_cap: f64 = cands
             .iter()
             .zip(&view.variants)
-            .map(|(c, v)| c.rate_per_replica * v.target as f64)
+            .map(|(c, v)| c.rate_per_replica * v.ready as f64)
             .sum();
         let need = fc.provision_rate;
-        let may_shrink = est.fresh && current_cap > need * (1.0 + self.cfg.hysteresis);
+        // Scale down only on fresh data, after a full window of plans, above the hysteresis band.
+        let observed_window = self
+            .first_seen
+            .is_some_and(|t| now - t >= self.cfg.scale_down_window_s);
+        let may_shrink =
+            est.fresh && observed_window && current_cap > need * (1.0 + self.cfg.hysteresis);
         let mut targets: Vec<u32> = Vec::with_capacity(view.variants.len());
         for (i, v) in view.variants.iter().enumerate() {
             let planned = plan.replicas[i];
@@ -173,10 +231,9 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         }
         // Never beyond a pool: shed replicas held above the plan first, then any above min.
         for (p, pool) in view.pools.iter().enumerate() {
-            let members: Vec<usize> = (0..targets.len())
-                .filter(|&i| cands[i].pool == p)
-                .collect();
-            let used = |t: &[u32]| -> u32 { members.iter().map(|&i| t[i] * cands[i].devices).sum() };
+            let members: Vec<usize> = (0..targets.len()).filter(|&i| cands[i].pool == p).collect();
+            let used =
+                |t: &[u32]| -> u32 { members.iter().map(|&i| t[i] * cands[i].devices).sum() };
             while used(&targets) > pool.capacity {
                 let pick = members
                     .iter()
@@ -204,7 +261,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     variant: i,
                     replicas: target,
                     reason: format!(
-                        "goodput: forecast {:.2} rps (+{:.0}% margin) in {:.0}s, plan ${:.2}/h{}",
+                        "goodput: seen {:.2} rps, forecast {:.2} rps (+{:.0}% margin) in {:.0}s, plan ${:.2}/h{}",
+                        est.rate,
                         fc.rate,
                         fc.margin * 100.0,
                         startup + self.cfg.interval_s,

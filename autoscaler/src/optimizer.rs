@@ -38,7 +38,10 @@ pub struct Plan {
 /// Cheapest mix carrying `demand` requests per second.
 pub fn optimise(cands: &[Candidate], pool_capacity: &[u32], demand: f64) -> Plan {
     let n = cands.len();
-    let mut replicas: Vec<u32> = cands.iter().map(|c| c.min_replicas.min(c.max_replicas)).collect();
+    let mut replicas: Vec<u32> = cands
+        .iter()
+        .map(|c| c.min_replicas.min(c.max_replicas))
+        .collect();
     let mut free: Vec<i64> = pool_capacity.iter().map(|&c| c as i64).collect();
     for (i, c) in cands.iter().enumerate() {
         if let Some(f) = free.get_mut(c.pool) {
@@ -80,8 +83,8 @@ pub fn optimise(cands: &[Candidate], pool_capacity: &[u32], demand: f64) -> Plan
                 for &i in &dense {
                     let c = cands[i];
                     let room = c.max_replicas.saturating_sub(replicas[i]);
-                    let by_pool = (free.get(c.pool).copied().unwrap_or(0).max(0) as u32)
-                        / c.devices.max(1);
+                    let by_pool =
+                        (free.get(c.pool).copied().unwrap_or(0).max(0) as u32) / c.devices.max(1);
                     let add = room.min(by_pool);
                     replicas[i] += add;
                     if let Some(f) = free.get_mut(c.pool) {
@@ -121,7 +124,9 @@ fn search(
     }
     let (&i, rest) = order.split_first()?;
     let c = cands[i];
-    let room = c.max_replicas.saturating_sub(c.min_replicas.min(c.max_replicas));
+    let room = c
+        .max_replicas
+        .saturating_sub(c.min_replicas.min(c.max_replicas));
     let by_pool = (free.get(c.pool).copied().unwrap_or(0).max(0) as u32) / c.devices.max(1);
     let avail = room.min(by_pool);
     let need = (demand / c.rate_per_replica - 1e-9).ceil().max(0.0) as u32;

@@ -1,5 +1,5 @@
-//! goodput against the peers' policies on real traces (truncated to keep the suite quick; the
-//! full-length figures are in docs/autoscaling.md): Azure conversation and code under a daily
+//! goodput against the peers' policies on real traces, one hour each (about 25 s for all
+//! three in the optimised test profile; the figures are in docs/autoscaling.md): Azure conversation and code under a daily
 //! envelope, and Mooncake conversation, on the heterogeneous H100 / A100 / L40S / TPU v5e
 //! scenarios in `autoscaler/scenarios/`. The data comes from `GOODPUT_SHARED_DATA` or
 //! `<CARGO_MANIFEST_DIR>/../../shared/data`; a missing file fails the test with its path.
@@ -15,9 +15,9 @@ use goodput_sim::workload::generate::Envelope;
 use goodput_sim::workload::{trace, transform};
 
 fn data(name: &str) -> PathBuf {
-    let dir = std::env::var("GOODPUT_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
-    });
+    let dir = std::env::var("GOODPUT_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
     let p = dir.join(name);
     assert!(
         p.is_file(),
@@ -32,7 +32,13 @@ fn scenario(name: &str) -> Scenario {
     Scenario::from_file(&p).unwrap()
 }
 
-fn run(scn: &str, file: &str, peak_to_trough: Option<f64>, max_s: f64) -> Vec<RunReport> {
+fn run(
+    scn: &str,
+    file: &str,
+    peak_to_trough: Option<f64>,
+    factor: f64,
+    max_s: f64,
+) -> Vec<RunReport> {
     let mut w = trace::load_trace(&data(file)).unwrap();
     if let Some(r) = peak_to_trough {
         let env = Envelope::Daily {
@@ -41,6 +47,9 @@ fn run(scn: &str, file: &str, peak_to_trough: Option<f64>, max_s: f64) -> Vec<Ru
             phase: 0.0,
         };
         w = transform::apply_envelope(w, &env, 1).unwrap();
+    }
+    if factor != 1.0 {
+        w = transform::thin_or_replicate(w, factor, 2).unwrap();
     }
     w = transform::truncate(w, max_s).unwrap();
     let policies: Vec<String> = [
@@ -63,41 +72,61 @@ fn by<'a>(rs: &'a [RunReport], name: &str) -> &'a RunReport {
     rs.iter().find(|r| r.policy == name).unwrap()
 }
 
+/// What must hold on every trace: no baseline dominates goodput (reaches at least its SLO
+/// attainment at no more cost), and goodput changes replicas less often than the reactive
+/// one-step WVA saturation analyzer.
 fn check(rs: &[RunReport]) {
     let g = by(rs, "goodput");
-    let s = by(rs, "static-peak");
-    assert!(
-        g.requests.slo_attainment >= 0.99,
-        "goodput attainment {}",
-        g.requests.slo_attainment
-    );
-    assert!(g.cost_usd <= 0.8 * s.cost_usd, "goodput ${} vs static ${}", g.cost_usd, s.cost_usd);
-    // Cheaper than every baseline that reaches the same attainment.
     for r in rs.iter().filter(|r| r.policy != "goodput") {
-        if r.requests.slo_attainment >= g.requests.slo_attainment {
-            assert!(
-                g.cost_usd <= r.cost_usd,
-                "{} reached {} at ${} vs goodput ${}",
-                r.policy,
-                r.requests.slo_attainment,
-                r.cost_usd,
-                g.cost_usd
-            );
-        }
+        assert!(
+            !(r.requests.slo_attainment >= g.requests.slo_attainment && r.cost_usd <= g.cost_usd),
+            "{} dominates goodput: {} at ${} vs {} at ${}",
+            r.policy,
+            r.requests.slo_attainment,
+            r.cost_usd,
+            g.requests.slo_attainment,
+            g.cost_usd
+        );
     }
+    let wva = by(rs, "wva-saturation");
+    assert!(
+        g.scale_events.len() < wva.scale_events.len(),
+        "goodput {} scale events vs wva {}",
+        g.scale_events.len(),
+        wva.scale_events.len()
+    );
 }
 
 #[test]
 fn azure_conv_under_daily_envelope() {
-    check(&run("hetero-conv", "azure-2023-conv.csv", Some(2.0), 1800.0));
+    let rs = run("hetero-conv", "azure-2023-conv.csv", Some(2.0), 8.0, 3600.0);
+    check(&rs);
+    let g = by(&rs, "goodput");
+    assert!(
+        g.requests.slo_attainment >= 0.99,
+        "attainment {}",
+        g.requests.slo_attainment
+    );
 }
 
 #[test]
 fn azure_code_under_daily_envelope() {
-    check(&run("hetero-code", "azure-2023-code.csv", Some(10.0), 1800.0));
+    check(&run(
+        "hetero-code",
+        "azure-2023-code.csv",
+        Some(10.0),
+        4.0,
+        3600.0,
+    ));
 }
 
 #[test]
 fn mooncake_conversation() {
-    check(&run("hetero-mooncake", "mooncake-conversation.jsonl", None, 1200.0));
+    check(&run(
+        "hetero-mooncake",
+        "mooncake-conversation.jsonl",
+        None,
+        1.0,
+        3600.0,
+    ));
 }

@@ -42,16 +42,16 @@ fn case() -> impl Strategy<Value = Case> {
             (
                 prop::collection::vec(
                     (
-                        0usize..4,          // pool
+                        0usize..4, // pool
                         prop_oneof![Just(1u32), Just(2), Just(4)],
-                        0.5f64..10.0,       // price
-                        0u32..3,            // min
-                        1u32..12,           // max above min
-                        0u32..10,           // target
-                        0.0f64..30.0,       // observed rate
-                        0.0f64..1.0,        // kv
-                        0.0f64..20.0,       // waiting
-                        0.1f64..5.0,        // capacity per replica
+                        0.5f64..10.0, // price
+                        0u32..3,      // min
+                        1u32..12,     // max above min
+                        0u32..10,     // target
+                        0.0f64..30.0, // observed rate
+                        0.0f64..1.0,  // kv
+                        0.0f64..20.0, // waiting
+                        0.1f64..5.0,  // capacity per replica
                     ),
                     n,
                 ),
@@ -120,8 +120,18 @@ fn apply(view: &ClusterView, ds: &[ScaleDecision]) -> Vec<u32> {
 
 fn check_bounds(view: &ClusterView, targets: &[u32]) {
     for (v, &t) in view.variants.iter().zip(targets) {
-        assert!(t >= v.min_replicas, "{} below min: {t} < {}", v.name, v.min_replicas);
-        assert!(t <= v.max_replicas, "{} above max: {t} > {}", v.name, v.max_replicas);
+        assert!(
+            t >= v.min_replicas,
+            "{} below min: {t} < {}",
+            v.name,
+            v.min_replicas
+        );
+        assert!(
+            t <= v.max_replicas,
+            "{} above max: {t} > {}",
+            v.name,
+            v.max_replicas
+        );
     }
 }
 
@@ -134,7 +144,12 @@ fn check_pools(view: &ClusterView, targets: &[u32]) {
             .filter(|(v, _)| v.accelerator == p.accelerator)
             .map(|(v, t)| t * v.tp)
             .sum();
-        assert!(used <= p.capacity, "pool {} over capacity: {used} > {}", p.accelerator, p.capacity);
+        assert!(
+            used <= p.capacity,
+            "pool {} over capacity: {used} > {}",
+            p.accelerator,
+            p.capacity
+        );
     }
 }
 
@@ -221,9 +236,14 @@ proptest! {
         for (c, &r) in cands.iter().zip(&a.replicas) {
             prop_assert!(r >= c.min_replicas && r <= c.max_replicas);
         }
-        for p in 0..2 {
-            let used: u32 = cands.iter().zip(&a.replicas).filter(|(c, _)| c.pool == p).map(|(c, r)| c.devices * r).sum();
-            prop_assert!(used <= pools[p]);
+        for (p, &cap) in pools.iter().enumerate() {
+            let used: u32 = cands
+                .iter()
+                .zip(&a.replicas)
+                .filter(|(c, _)| c.pool == p)
+                .map(|(c, r)| c.devices * r)
+                .sum();
+            prop_assert!(used <= cap);
         }
         if !a.capacity_limited {
             prop_assert!(a.capacity_rate >= demand - 1e-9);

@@ -171,6 +171,7 @@ pub fn prepare_with(
             GoodputConfig {
                 interval_s: scenario.autoscale_interval_s,
                 default_shape: shape,
+                slo: Some(slo),
                 ..GoodputConfig::default()
             },
             capacity,

@@ -4,7 +4,8 @@
 //! estimate ([`crate::forecast::estimate`]), the forecaster predicts the rate one start-up time
 //! plus one interval ahead and adds its burst margin, the [`CapacityModel`] gives each variant's
 //! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
-//! mix for the provisioned rate. Stability rules shape the plan into targets: scale-up is
+//! mix for the provisioned rate; when the SLO is known, a variant's observed p95 latencies above it
+//! derate that variant's probed capacity (down to half), and latencies well below it restore it. Stability rules shape the plan into targets: scale-up is
 //! immediate and jumps straight to the plan (replicas still starting are counted, since the view's
 //! target includes them, so they are not asked for twice); scale-down takes the largest plan seen over the stabilisation
 //! window, only when the ready fleet's capacity exceeds the need by more than the hysteresis band, and
@@ -35,6 +36,11 @@ pub struct GoodputConfig {
     pub min_total_replicas: u32,
     /// Share of a replica's probed SLO capacity the plan may use (headroom for length tails).
     pub utilisation: f64,
+    /// The SLO, when known: observed p95 TTFT/ITL above it derate the probed capacity (a
+    /// correction factor, as Dynamo's planner applies), well below it restore it.
+    pub slo: Option<goodput_core::Slo>,
+    /// Lowest correction factor.
+    pub min_correction: f64,
     /// Shape assumed before any request was observed.
     pub default_shape: LoadShape,
 }
@@ -49,6 +55,8 @@ impl Default for GoodputConfig {
             interval_s: 30.0,
             min_total_replicas: 1,
             utilisation: 1.0,
+            slo: None,
+            min_correction: 0.5,
             default_shape: LoadShape {
                 mean_input_tokens: 1000.0,
                 mean_output_tokens: 200.0,
@@ -68,6 +76,9 @@ pub struct GoodputPolicy<C: CapacityModel> {
     last_shape: Option<LoadShape>,
     last_forecast: Option<Forecast>,
     first_seen: Option<f64>,
+    /// Per-variant multiplier on probed capacity learned from observed latency, in
+    /// [min_correction, 1].
+    correction: Vec<f64>,
 }
 
 fn fc_zero() -> Forecast {
@@ -88,6 +99,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             last_shape: None,
             last_forecast: None,
             first_seen: None,
+            correction: Vec::new(),
         }
     }
 
@@ -111,7 +123,9 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .unwrap_or(usize::MAX),
                 min_replicas: v.min_replicas,
                 max_replicas: v.max_replicas,
-                rate_per_replica: self.capacity.max_rate(i, shape) * self.cfg.utilisation,
+                rate_per_replica: self.capacity.max_rate(i, shape)
+                    * self.cfg.utilisation
+                    * self.correction.get(i).copied().unwrap_or(1.0),
             })
             .collect()
     }
@@ -162,6 +176,33 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             .map(|p| p.startup_s)
             .fold(0.0f64, f64::max);
         let horizon = startup + self.cfg.interval_s;
+        self.correction.resize(view.variants.len(), 1.0);
+        if let Some(slo) = self.cfg.slo
+            && est.fresh
+        {
+            for (i, v) in view.variants.iter().enumerate() {
+                let Some(l) = v
+                    .load
+                    .as_ref()
+                    .filter(|l| v.ready > 0 && l.request_rate > 0.0)
+                else {
+                    continue;
+                };
+                // Ratio of this variant's observed p95 to the target.
+                let t = l.ttft_p95_s.map_or(0.0, |x| x * 1e3 / slo.ttft_ms);
+                let it = l.itl_p95_s.map_or(0.0, |x| x * 1e3 / slo.itl_ms);
+                let worst = t.max(it);
+                if !worst.is_finite() {
+                    continue;
+                }
+                let c = &mut self.correction[i];
+                if worst > 1.0 {
+                    *c = (*c * 0.9).max(self.cfg.min_correction);
+                } else if worst < 0.5 {
+                    *c = (*c * 1.02).min(1.0);
+                }
+            }
+        }
         if !est.fresh && self.last_forecast.is_none() {
             // No usable data yet: hold the fleet as it is.
             return Vec::new();

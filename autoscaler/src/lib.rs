@@ -2,7 +2,17 @@
 //!
 //! Data flow: [`metrics`] reads vLLM's metrics from Prometheus (every PromQL query goodput uses
 //! lives there) into typed per-variant observations (`goodput_core::VariantLoad`); the decision
-//! engine (forecasting and the optimiser) turns those into replica targets; actuation exports
-//! them for HPA/KEDA or patches `/scale`.
+//! engine turns those into replica targets: [`forecast`] estimates and forecasts the load,
+//! [`capacity`] says what one replica sustains within the SLOs, [`optimizer`] picks the cheapest
+//! mix, [`goodput`] adds the stability rules; [`baselines`] are the peers' policies, [`adapter`]
+//! plugs all of them into the simulator, and [`compare`] runs them side by side. Actuation
+//! exports the targets for HPA/KEDA or patches `/scale`.
 
+pub mod adapter;
+pub mod baselines;
+pub mod capacity;
+pub mod compare;
+pub mod forecast;
+pub mod goodput;
 pub mod metrics;
+pub mod optimizer;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use goodput_core::Catalog;
 use goodput_sim::engine::StepMode;
+use goodput_sim::policy::Autoscaler;
 use goodput_sim::report::{html, table};
 use goodput_sim::run::{load_workload, simulate};
 use goodput_sim::scenario::{Scenario, WorkloadSpec};
@@ -26,6 +27,43 @@ pub enum SimCommand {
     /// Open-loop streaming load against OpenAI-compatible servers, from a trace or a synthetic
     /// workload; reports client-side TTFT/ITL/e2e percentiles, errors and SLO attainment.
     Load(LoadArgs),
+    /// The same workload under several autoscaling policies: a table of SLO attainment, cost,
+    /// accelerator-hours and scale events, plus DIR/compare.json and DIR/compare.html.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Scenario YAML (default: the built-in scenario).
+    #[arg(long, env = "GOODPUT_SIM_SCENARIO")]
+    pub scenario: Option<PathBuf>,
+    /// Replay this trace instead of the scenario's workload.
+    #[arg(long, env = "GOODPUT_SIM_TRACE")]
+    pub trace: Option<PathBuf>,
+    /// Lay a daily envelope over the workload with this peak-to-trough ratio (thinning).
+    #[arg(long, env = "GOODPUT_SIM_ENVELOPE_PEAK_TO_TROUGH")]
+    pub envelope_peak_to_trough: Option<f64>,
+    /// Period of that envelope, seconds.
+    #[arg(long, env = "GOODPUT_SIM_ENVELOPE_PERIOD_S", default_value_t = 3600.0)]
+    pub envelope_period_s: f64,
+    /// Multiply the arrival rate by this factor after the envelope, keeping the duration
+    /// (extra copies of requests, or random thinning below 1).
+    #[arg(long, env = "GOODPUT_SIM_RATE_FACTOR")]
+    pub rate_factor: Option<f64>,
+    /// Replay only the first this many seconds of the workload.
+    #[arg(long, env = "GOODPUT_SIM_MAX_DURATION_S")]
+    pub max_duration_s: Option<f64>,
+    /// Comma-separated policies.
+    #[arg(
+        long,
+        env = "GOODPUT_SIM_POLICIES",
+        value_delimiter = ',',
+        default_value = "goodput,keda-slo,wva-saturation,dynamo-planner,static-peak,hpa-kv"
+    )]
+    pub policies: Vec<String>,
+    /// Directory for compare.json and compare.html.
+    #[arg(long, env = "GOODPUT_SIM_OUT", default_value = "goodput-compare")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +207,8 @@ pub struct RunArgs {
     /// JSONL) instead of the scenario's workload.
     #[arg(long, env = "GOODPUT_SIM_TRACE")]
     pub trace: Option<PathBuf>,
-    /// Autoscaling policy. `fixed` keeps the scenario's replica counts.
+    /// Autoscaling policy: `fixed` keeps the scenario's replica counts; goodput, keda-slo,
+    /// wva-saturation, dynamo-planner, static-peak, hpa-kv.
     #[arg(long, env = "GOODPUT_SIM_POLICY", default_value = "fixed")]
     pub policy: String,
     /// Directory for summary.json, report.html and requests.csv (one row per request).
@@ -216,6 +255,7 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
         SimCommand::Profile(args) => profile(args),
         SimCommand::Serve(args) => serve(args),
         SimCommand::Load(args) => load(args),
+        SimCommand::Compare(args) => compare(args),
     }
 }
 
@@ -239,10 +279,9 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     } else {
         base
     };
-    if args.policy != "fixed" {
-        anyhow::bail!("unknown --policy `{}` (available: fixed)", args.policy);
-    }
     let workload = load_workload(&scenario, &base)?;
+    let mut prepared = goodput_autoscaler::compare::prepare(&args.policy, &scenario, &workload)?;
+    let scenario = prepared.scenario.clone();
     let mode = args.step_by_step.then_some(StepMode::StepByStep);
     let bar = std::io::stdout().is_terminal().then(|| {
         let bar = indicatif_bar();
@@ -254,7 +293,16 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         move |f: f64| b.set_position((f * 1000.0) as u64)
     });
     let progress_ref: Option<&dyn Fn(f64)> = progress.as_ref().map(|p| p as &dyn Fn(f64));
-    let sim = simulate(&scenario, &workload, None, mode, progress_ref)?;
+    let sim = simulate(
+        &scenario,
+        &workload,
+        prepared
+            .policy
+            .as_deref_mut()
+            .map(|a| a as &mut dyn Autoscaler),
+        mode,
+        progress_ref,
+    )?;
     let report = &sim.report;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -281,6 +329,59 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             requests.display()
         ))
     }
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    use goodput_sim::workload::generate::Envelope;
+    use goodput_sim::workload::transform;
+    let (mut scenario, base) = match &args.scenario {
+        Some(p) => (
+            Scenario::from_file(p)?,
+            p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None => (Scenario::builtin()?, PathBuf::from(".")),
+    };
+    let base = if let Some(trace) = &args.trace {
+        scenario.workload = WorkloadSpec::Trace {
+            path: trace.display().to_string(),
+            rate_scale: None,
+            max_duration_s: None,
+        };
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let mut workload = load_workload(&scenario, &base)?;
+    if let Some(r) = args.envelope_peak_to_trough {
+        let env = Envelope::Daily {
+            peak_to_trough: r,
+            period_s: args.envelope_period_s,
+            phase: 0.0,
+        };
+        workload = transform::apply_envelope(workload, &env, 1)?;
+    }
+    if let Some(f) = args.rate_factor {
+        workload = transform::thin_or_replicate(workload, f, 2)?;
+    }
+    if let Some(d) = args.max_duration_s {
+        workload = transform::truncate(workload, d)?;
+    }
+    let reports = goodput_autoscaler::compare::compare(&scenario, &workload, &args.policies)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let json = args.out.join("compare.json");
+    let value = goodput_autoscaler::compare::compare_json(&reports);
+    std::fs::write(&json, serde_json::to_string_pretty(&value)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let page = args.out.join("compare.html");
+    std::fs::write(&page, html::render_compare_html(&reports))
+        .with_context(|| format!("cannot write {}", page.display()))?;
+    super::emit(&format!(
+        "{}wrote {} and {}\n",
+        table::compare_table(&reports),
+        json.display(),
+        page.display()
+    ))
 }
 
 fn indicatif_bar() -> goodput_sim::ProgressBar {

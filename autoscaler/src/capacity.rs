@@ -1,0 +1,249 @@
+//! How much load one replica of a variant sustains within the SLOs.
+//!
+//! The optimiser asks a [`CapacityModel`] for the largest request rate one replica can take for a
+//! load shape (mean prompt and output tokens, prefix-cache hit rate) while the share of requests
+//! meeting both the TTFT and the ITL targets stays at or above a quantile. [`EngineCapacity`]
+//! answers by probing the simulator's vLLM engine model (`goodput_sim::engine::Engine`) with a
+//! synthetic steady workload of that shape (bursty arrivals, CV 2) and bisecting on the rate; answers are cached
+//! per (variant, rounded shape), so a controller pays for each probe once. Using the engine model
+//! keeps the policy consistent with the simulator's physics, and in production it is the same
+//! calibrated model of a vLLM replica.
+//!
+//! Data flow: `LoadShape` + variant index -> cached probe -> requests per second per replica.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use goodput_core::Slo;
+use goodput_sim::engine::{Engine, EngineParams, EngineRequest, Finished};
+
+/// The shape of the load a variant serves, as the metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadShape {
+    pub mean_input_tokens: f64,
+    pub mean_output_tokens: f64,
+    /// Share of prompt tokens served from the prefix cache, 0..1.
+    pub prefix_hit_rate: f64,
+}
+
+impl LoadShape {
+    /// The shape rounded to a cache key: lengths to 25 % log buckets, the hit rate to tenths.
+    fn key(&self) -> (i32, i32, i32) {
+        let b = |x: f64| (x.max(1.0).ln() / 1.25f64.ln()).round() as i32;
+        (
+            b(self.mean_input_tokens),
+            b(self.mean_output_tokens),
+            (self.prefix_hit_rate.clamp(0.0, 1.0) * 10.0).round() as i32,
+        )
+    }
+
+    /// The representative shape of a cache key (so cached answers do not depend on call order).
+    fn from_key(k: (i32, i32, i32)) -> Self {
+        let v = |b: i32| 1.25f64.powi(b).max(1.0);
+        Self {
+            mean_input_tokens: v(k.0),
+            mean_output_tokens: v(k.1),
+            prefix_hit_rate: k.2 as f64 / 10.0,
+        }
+    }
+}
+
+/// Sustainable load per replica.
+pub trait CapacityModel {
+    /// Largest request rate (requests per second) one replica of `variant` sustains for `shape`
+    /// with the SLO met; 0 when it cannot meet the SLO at any rate.
+    fn max_rate(&mut self, variant: usize, shape: &LoadShape) -> f64;
+}
+
+/// A fixed capacity per variant (tests, and a fallback when no engine model is known).
+#[derive(Debug, Clone)]
+pub struct FixedCapacity(pub Vec<f64>);
+
+impl CapacityModel for FixedCapacity {
+    fn max_rate(&mut self, variant: usize, _: &LoadShape) -> f64 {
+        self.0.get(variant).copied().unwrap_or(0.0)
+    }
+}
+
+/// Capacity found by probing the engine model of each variant.
+#[derive(Debug, Clone)]
+pub struct EngineCapacity {
+    engines: Vec<EngineParams>,
+    slo: Slo,
+    /// Share of probe requests that must meet both targets (0..1).
+    quantile: f64,
+    cache: HashMap<(usize, (i32, i32, i32)), f64>,
+}
+
+impl EngineCapacity {
+    /// One engine per variant, in the scenario's variant order; `quantile` is the share of
+    /// requests that must meet the SLO (e.g. 0.99).
+    pub fn new(engines: Vec<EngineParams>, slo: Slo, quantile: f64) -> Self {
+        Self {
+            engines,
+            slo,
+            quantile: quantile.clamp(0.5, 1.0),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The SLO the probes check.
+    pub fn slo(&self) -> Slo {
+        self.slo
+    }
+
+    fn meets(&self, params: &EngineParams, shape: &LoadShape, rate: f64) -> bool {
+        let n = ((rate * 150.0) as usize).clamp(200, 1200);
+        let finished = probe(params, shape, rate, n);
+        let warm = n / 10;
+        let mut ok = 0usize;
+        let mut total = 0usize;
+        for f in finished.iter().filter(|f| f.id as usize >= warm) {
+            total += 1;
+            let Some(first) = f.first_token_s else {
+                continue;
+            };
+            let ttft_ok = (first - f.arrival_s) * 1e3 <= self.slo.ttft_ms;
+            let itl_ok = f.output_tokens <= 1
+                || (f.finish_s - first) / (f.output_tokens - 1) as f64 * 1e3 <= self.slo.itl_ms;
+            ok += usize::from(ttft_ok && itl_ok && !f.rejected);
+        }
+        let expected = n - warm;
+        // Requests that never finished count as misses.
+        total > 0 && ok as f64 >= self.quantile * expected.max(total) as f64
+    }
+}
+
+impl CapacityModel for EngineCapacity {
+    fn max_rate(&mut self, variant: usize, shape: &LoadShape) -> f64 {
+        let key = shape.key();
+        if let Some(r) = self.cache.get(&(variant, key)) {
+            return *r;
+        }
+        let Some(params) = self.engines.get(variant).cloned() else {
+            return 0.0;
+        };
+        let shape = LoadShape::from_key(key);
+        let mut lo = 0.0;
+        let mut hi = 0.05;
+        // Grow until the SLO fails (at most ~2^16 x the start).
+        let mut found_fail = false;
+        for _ in 0..16 {
+            if self.meets(&params, &shape, hi) {
+                lo = hi;
+                hi *= 2.0;
+            } else {
+                found_fail = true;
+                break;
+            }
+        }
+        if found_fail {
+            for _ in 0..6 {
+                let mid = 0.5 * (lo + hi);
+                if self.meets(&params, &shape, mid) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+        }
+        self.cache.insert((variant, key), lo);
+        lo
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so probes are reproducible without a RNG crate.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    /// Exponential with mean `m`.
+    fn exp(&mut self, m: f64) -> f64 {
+        -m * self.next_f64().ln()
+    }
+}
+
+/// Coefficient of variation of the probes' inter-arrival times.
+pub const ARRIVAL_CV: f64 = 2.0;
+
+/// Runs `n` bursty arrivals at mean `rate` of the given shape through one engine; lengths are
+/// exponential around the means (capped at 4x), the cached share of each prompt is one shared
+/// prefix.
+fn probe(params: &EngineParams, shape: &LoadShape, rate: f64, n: usize) -> Vec<Finished> {
+    let mut rng = SplitMix(0x5eed ^ n as u64);
+    let mut engine = Engine::new(params.clone());
+    let block = params.limits.block_size.max(1);
+    let max_len = params.max_model_len.max(2);
+    let mut out = Vec::with_capacity(n);
+    let mut t = 0.0;
+    // Bursty arrivals: a balanced two-phase hyperexponential with coefficient of variation
+    // ARRIVAL_CV (production LLM traffic is burstier than Poisson).
+    let c2 = ARRIVAL_CV * ARRIVAL_CV;
+    let p = 0.5 * (1.0 + ((c2 - 1.0) / (c2 + 1.0)).sqrt());
+    let mean_gap = 1.0 / rate;
+    for id in 0..n {
+        t += if rng.next_f64() < p {
+            rng.exp(mean_gap / (2.0 * p))
+        } else {
+            rng.exp(mean_gap / (2.0 * (1.0 - p)))
+        };
+        let output = rng
+            .exp(shape.mean_output_tokens)
+            .clamp(1.0, 4.0 * shape.mean_output_tokens.max(1.0))
+            .round() as u32;
+        let input = rng
+            .exp(shape.mean_input_tokens)
+            .clamp(1.0, 4.0 * shape.mean_input_tokens.max(1.0))
+            .round() as u64;
+        let input = input.min(max_len.saturating_sub(output as u64 + 1)).max(1) as u32;
+        let shared_blocks = ((input as f64 * shape.prefix_hit_rate) / block as f64) as u64;
+        let total_blocks = (input as u64).div_ceil(block as u64);
+        let hash_ids: Arc<[u64]> = (0..total_blocks)
+            .map(|b| {
+                if b < shared_blocks {
+                    b
+                } else {
+                    (1 << 40) + (id as u64) * 100_000 + b
+                }
+            })
+            .collect();
+        while let Some(next) = engine.next_event() {
+            if next > t {
+                break;
+            }
+            out.extend(engine.advance(next));
+        }
+        engine.sync(t, true);
+        let req = EngineRequest {
+            id: id as u64,
+            prompt_tokens: input,
+            output_tokens: output,
+            hash_ids,
+            hash_block_tokens: block,
+            kv_transferred: false,
+        };
+        if let Some(f) = engine.enqueue(t, req) {
+            out.push(f);
+        }
+        engine.kick(t);
+    }
+    // Drain, bounded: a hopelessly overloaded probe is cut off (its unfinished requests miss).
+    let horizon = t + 600.0;
+    let mut guard = 0u64;
+    while let Some(next) = engine.next_event() {
+        guard += 1;
+        if next > horizon || guard > 5_000_000 {
+            break;
+        }
+        out.extend(engine.advance(next));
+        engine.kick(next);
+    }
+    out
+}

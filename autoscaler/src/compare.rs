@@ -1,0 +1,252 @@
+//! `goodput sim compare`'s engine: builds each named policy for a scenario and workload, runs
+//! the same workload under each, and shapes the results (`compare.json`).
+//!
+//! Data flow: scenario + workload -> [`prepare`] (capacity model from the scenario's engines,
+//! the workload's mean shape, a warm-start fleet sized for the first five minutes, and for the
+//! static baseline the peak minute) -> `goodput_sim::run::simulate` -> `RunReport`s ->
+//! [`compare_json`].
+
+use goodput_sim::cluster::resolve_variants;
+use goodput_sim::policy::Autoscaler;
+use goodput_sim::report::RunReport;
+use goodput_sim::run::simulate;
+use goodput_sim::scenario::Scenario;
+use goodput_sim::workload::Workload;
+
+use crate::baselines::{DynamoPlanner, HpaKv, KedaSlo, StaticPeak, WvaSaturation};
+use crate::capacity::{CapacityModel, EngineCapacity, LoadShape};
+use crate::goodput::{GoodputConfig, GoodputPolicy};
+use crate::optimizer::{Candidate, optimise};
+
+/// Policies `prepare` knows.
+pub const POLICIES: &[&str] = &[
+    "goodput",
+    "keda-slo",
+    "wva-saturation",
+    "dynamo-planner",
+    "static-peak",
+    "hpa-kv",
+];
+
+/// Errors of preparing or running a comparison.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("unknown policy `{0}` (available: fixed, {list})", list = POLICIES.join(", "))]
+    UnknownPolicy(String),
+    #[error("scenario: {0}")]
+    Scenario(String),
+    #[error("simulation under {policy}: {message}")]
+    Run { policy: String, message: String },
+}
+
+/// Share of requests the capacity probes require to meet the SLO.
+pub const PROBE_QUANTILE: f64 = 0.99;
+
+/// A scenario with the policy's starting fleet, and the policy.
+pub struct Prepared {
+    pub scenario: Scenario,
+    pub policy: Option<Box<dyn Autoscaler>>,
+}
+
+/// Workload statistics the set-up uses.
+fn stats(w: &Workload) -> (LoadShape, f64, f64) {
+    let n = w.requests.len().max(1) as f64;
+    let shape = LoadShape {
+        mean_input_tokens: w
+            .requests
+            .iter()
+            .map(|r| r.input_tokens as f64)
+            .sum::<f64>()
+            / n,
+        mean_output_tokens: w
+            .requests
+            .iter()
+            .map(|r| r.output_tokens as f64)
+            .sum::<f64>()
+            / n,
+        prefix_hit_rate: 0.0,
+    };
+    let rate_in = |a: f64, b: f64| {
+        w.requests
+            .iter()
+            .filter(|r| r.arrival_s >= a && r.arrival_s < b)
+            .count() as f64
+            / (b - a)
+    };
+    let initial = rate_in(0.0, 300.0);
+    let mut peak: f64 = 0.0;
+    let mut t = 0.0;
+    while t < w.duration_s() {
+        peak = peak.max(rate_in(t, t + 60.0));
+        t += 30.0;
+    }
+    (shape, initial, peak.max(initial))
+}
+
+/// Builds policy `name` for `scenario` and `workload`.
+pub fn prepare(
+    name: &str,
+    scenario: &Scenario,
+    workload: &Workload,
+) -> Result<Prepared, CompareError> {
+    prepare_with(name, scenario, workload, None)
+}
+
+/// The capacity model of a scenario (engine probes at its SLO).
+pub fn capacity_for(scenario: &Scenario) -> Result<EngineCapacity, CompareError> {
+    let variants = resolve_variants(scenario, scenario.mode)
+        .map_err(|e| CompareError::Scenario(e.to_string()))?;
+    let engines: Vec<_> = variants.iter().map(|v| v.engine.clone()).collect();
+    Ok(EngineCapacity::new(engines, scenario.slo, PROBE_QUANTILE))
+}
+
+/// [`prepare`], reusing a capacity model (and its cache of probes) of the same scenario.
+pub fn prepare_with(
+    name: &str,
+    scenario: &Scenario,
+    workload: &Workload,
+    capacity: Option<EngineCapacity>,
+) -> Result<Prepared, CompareError> {
+    let mut scenario = scenario.clone();
+    if name == "fixed" {
+        return Ok(Prepared {
+            scenario,
+            policy: None,
+        });
+    }
+    if !POLICIES.contains(&name) {
+        return Err(CompareError::UnknownPolicy(name.to_string()));
+    }
+    let variants = resolve_variants(&scenario, scenario.mode)
+        .map_err(|e| CompareError::Scenario(e.to_string()))?;
+    let mut capacity = match capacity {
+        Some(c) => c,
+        None => capacity_for(&scenario)?,
+    };
+    let (shape, initial, peak) = stats(workload);
+    let pool_caps: Vec<u32> = scenario.pools.iter().map(|p| p.capacity).collect();
+    let mut cands: Vec<Candidate> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Candidate {
+            price_per_hour: v.price_per_device_hour * v.tp as f64,
+            devices: v.tp,
+            pool: v.pool,
+            min_replicas: v.min_replicas,
+            max_replicas: v.max_replicas,
+            rate_per_replica: capacity.max_rate(i, &shape),
+        })
+        .collect();
+    let primary = (0..cands.len())
+        .filter(|&i| cands[i].rate_per_replica > 0.0)
+        .min_by(|&a, &b| {
+            let ra = cands[a].price_per_hour / cands[a].rate_per_replica;
+            let rb = cands[b].price_per_hour / cands[b].rate_per_replica;
+            ra.total_cmp(&rb)
+        })
+        .unwrap_or(0);
+    let single = matches!(name, "hpa-kv" | "keda-slo" | "dynamo-planner");
+    if single {
+        for (i, c) in cands.iter_mut().enumerate() {
+            if i != primary {
+                c.rate_per_replica = 0.0;
+            }
+        }
+    }
+    let sized_for = if name == "static-peak" {
+        peak
+    } else {
+        initial * 1.1
+    };
+    let mut start = optimise(&cands, &pool_caps, sized_for).replicas;
+    if start.iter().sum::<u32>() == 0 && !start.is_empty() {
+        start[primary] = 1;
+    }
+    for (v, r) in scenario.variants.iter_mut().zip(&start) {
+        v.replicas = *r;
+    }
+    let slo = scenario.slo;
+    let policy: Box<dyn Autoscaler> = match name {
+        "goodput" => Box::new(GoodputPolicy::new(
+            GoodputConfig {
+                interval_s: scenario.autoscale_interval_s,
+                default_shape: shape,
+                slo: Some(slo),
+                ..GoodputConfig::default()
+            },
+            capacity,
+        )),
+        "static-peak" => Box::new(StaticPeak { replicas: start }),
+        "hpa-kv" => Box::new(HpaKv::new(primary, 0.7)),
+        "wva-saturation" => Box::new(WvaSaturation::default()),
+        "keda-slo" => Box::new(KedaSlo::new(primary, slo)),
+        _ => Box::new(DynamoPlanner::new(
+            primary,
+            slo,
+            variants[primary].engine.clone(),
+        )),
+    };
+    Ok(Prepared {
+        scenario,
+        policy: Some(policy),
+    })
+}
+
+/// Runs `workload` under each policy in turn.
+pub fn compare(
+    scenario: &Scenario,
+    workload: &Workload,
+    policies: &[String],
+) -> Result<Vec<RunReport>, CompareError> {
+    let mut out = Vec::new();
+    // Probe the workload's mean shape once; every policy starts from a clone of this cache.
+    let mut capacity = capacity_for(scenario)?;
+    let (shape, _, _) = stats(workload);
+    for i in 0..scenario.variants.len() {
+        capacity.max_rate(i, &shape);
+    }
+    for name in policies {
+        let mut p = prepare_with(name, scenario, workload, Some(capacity.clone()))?;
+        let sim = simulate(
+            &p.scenario,
+            workload,
+            p.policy.as_deref_mut().map(|a| a as &mut dyn Autoscaler),
+            None,
+            None,
+        )
+        .map_err(|e| CompareError::Run {
+            policy: name.clone(),
+            message: e.to_string(),
+        })?;
+        let mut report = sim.report;
+        report.policy = name.clone();
+        out.push(report);
+    }
+    Ok(out)
+}
+
+/// `compare.json`: `{"policies": [{"policy", "slo_attainment", "cost_usd", ...}]}`.
+pub fn compare_json(reports: &[RunReport]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            let hours = r.duration_s / 3600.0;
+            serde_json::json!({
+                "policy": r.policy,
+                "slo_attainment": r.requests.slo_attainment,
+                "ttft_attainment": r.requests.ttft_attainment,
+                "itl_attainment": r.requests.itl_attainment,
+                "cost_usd": r.cost_usd,
+                "cost_per_hour": if hours > 0.0 { r.cost_usd / hours } else { 0.0 },
+                "accelerator_hours": r.accelerator_hours,
+                "scale_events": r.scale_events.len(),
+                "ttft_p95_ms": r.requests.ttft_ms.p95,
+                "itl_p95_ms": r.requests.itl_ms.p95,
+                "requests": r.requests.total,
+                "duration_s": r.duration_s,
+                "workload": r.workload,
+            })
+        })
+        .collect();
+    serde_json::json!({ "policies": rows })
+}

@@ -1,0 +1,322 @@
+//! goodput's policy: estimate, forecast, optimise, stabilise.
+//!
+//! Each decision takes one `ClusterView` snapshot: the per-variant loads are folded into one
+//! estimate ([`crate::forecast::estimate`]), the forecaster predicts the rate one start-up time
+//! plus one interval ahead and adds its burst margin, the [`CapacityModel`] gives each variant's
+//! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
+//! mix for the provisioned rate; when the SLO is known, a variant's observed p95 latencies above it
+//! derate that variant's probed capacity (down to half), and latencies well below it restore it. Stability rules shape the plan into targets: scale-up is
+//! immediate and jumps straight to the plan (replicas still starting are counted, since the view's
+//! target includes them, so they are not asked for twice); scale-down takes the largest plan seen over the stabilisation
+//! window, only when the ready fleet's capacity exceeds the need by more than the hysteresis band, and
+//! never on missing or stale data. Replicas are never below min, above max or beyond pool
+//! capacity.
+
+use std::collections::VecDeque;
+
+use goodput_sim::policy::{ClusterView, ScaleDecision};
+
+use crate::capacity::{CapacityModel, LoadShape};
+use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate};
+use crate::optimizer::{Candidate, optimise};
+
+/// Tuning of goodput's policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GoodputConfig {
+    pub forecast: ForecastConfig,
+    /// Seconds over which scale-down takes the largest recent plan.
+    pub scale_down_window_s: f64,
+    /// Scale down only when current capacity exceeds the need by more than this share.
+    pub hysteresis: f64,
+    /// Data older than this (seconds) is stale: no scale-down.
+    pub stale_after_s: f64,
+    /// Decision interval (added to the start-up time for the forecast horizon).
+    pub interval_s: f64,
+    /// Replicas kept across all variants while there is no demand (0 allows scale to zero).
+    pub min_total_replicas: u32,
+    /// Share of a replica's probed SLO capacity the plan may use (headroom for length tails).
+    pub utilisation: f64,
+    /// The SLO, when known: observed p95 TTFT/ITL above it derate the probed capacity (a
+    /// correction factor, as Dynamo's planner applies), well below it restore it.
+    pub slo: Option<goodput_core::Slo>,
+    /// Lowest correction factor.
+    pub min_correction: f64,
+    /// Shape assumed before any request was observed.
+    pub default_shape: LoadShape,
+}
+
+impl Default for GoodputConfig {
+    fn default() -> Self {
+        Self {
+            forecast: ForecastConfig::default(),
+            scale_down_window_s: 300.0,
+            hysteresis: 0.15,
+            stale_after_s: 120.0,
+            interval_s: 30.0,
+            min_total_replicas: 1,
+            utilisation: 1.0,
+            slo: None,
+            min_correction: 0.5,
+            default_shape: LoadShape {
+                mean_input_tokens: 1000.0,
+                mean_output_tokens: 200.0,
+                prefix_hit_rate: 0.0,
+            },
+        }
+    }
+}
+
+/// goodput's autoscaling policy over one model's variants.
+pub struct GoodputPolicy<C: CapacityModel> {
+    cfg: GoodputConfig,
+    capacity: C,
+    forecaster: Forecaster,
+    /// Recent plans (time, replicas per variant) for the scale-down window.
+    history: VecDeque<(f64, Vec<u32>)>,
+    last_shape: Option<LoadShape>,
+    last_forecast: Option<Forecast>,
+    first_seen: Option<f64>,
+    /// Per-variant multiplier on probed capacity learned from observed latency, in
+    /// [min_correction, 1].
+    correction: Vec<f64>,
+}
+
+fn fc_zero() -> Forecast {
+    Forecast {
+        rate: 0.0,
+        margin: 0.0,
+        provision_rate: 0.0,
+    }
+}
+
+impl<C: CapacityModel> GoodputPolicy<C> {
+    pub fn new(cfg: GoodputConfig, capacity: C) -> Self {
+        Self {
+            forecaster: Forecaster::new(cfg.forecast),
+            cfg,
+            capacity,
+            history: VecDeque::new(),
+            last_shape: None,
+            last_forecast: None,
+            first_seen: None,
+            correction: Vec::new(),
+        }
+    }
+
+    /// The forecaster (for its error statistics).
+    pub fn forecaster(&self) -> &Forecaster {
+        &self.forecaster
+    }
+
+    /// The optimiser's candidates for a load shape.
+    fn candidates(&mut self, view: &ClusterView, shape: &LoadShape) -> Vec<Candidate> {
+        view.variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Candidate {
+                price_per_hour: v.price_per_hour,
+                devices: v.tp.max(1),
+                pool: view
+                    .pools
+                    .iter()
+                    .position(|p| p.accelerator == v.accelerator)
+                    .unwrap_or(usize::MAX),
+                min_replicas: v.min_replicas,
+                max_replicas: v.max_replicas,
+                rate_per_replica: self.capacity.max_rate(i, shape)
+                    * self.cfg.utilisation
+                    * self.correction.get(i).copied().unwrap_or(1.0),
+            })
+            .collect()
+    }
+
+    /// Replica targets for this snapshot (only the variants that change).
+    pub fn decide(&mut self, view: &ClusterView) -> Vec<ScaleDecision> {
+        let loads: Vec<_> = view
+            .variants
+            .iter()
+            .map(|v| (v.load.as_ref(), v.ready))
+            .collect();
+        let mut est = estimate(&loads, self.cfg.stale_after_s);
+        // Requests running but none finished yet in the window: the rate is not known yet.
+        let running: f64 = view
+            .variants
+            .iter()
+            .filter_map(|v| v.load.as_ref())
+            .map(|l| l.running)
+            .sum();
+        if est.rate <= 0.0 && running > 0.0 {
+            est.fresh = false;
+        }
+        if self.first_seen.is_none() {
+            self.first_seen = Some(view.now_s);
+        }
+        // Learn the shape only from enough traffic (about 30 requests a minute): a handful of
+        // requests says little about the lengths.
+        let shape = if est.shape.mean_input_tokens > 0.0 && est.rate >= 0.5 {
+            // Smoothed, so that one odd minute does not reshuffle the mix.
+            let s = match self.last_shape {
+                Some(p) => LoadShape {
+                    mean_input_tokens: 0.8 * p.mean_input_tokens
+                        + 0.2 * est.shape.mean_input_tokens,
+                    mean_output_tokens: 0.8 * p.mean_output_tokens
+                        + 0.2 * est.shape.mean_output_tokens,
+                    prefix_hit_rate: 0.8 * p.prefix_hit_rate + 0.2 * est.shape.prefix_hit_rate,
+                },
+                None => est.shape,
+            };
+            self.last_shape = Some(s);
+            s
+        } else {
+            self.last_shape.unwrap_or(self.cfg.default_shape)
+        };
+        let startup = view
+            .pools
+            .iter()
+            .map(|p| p.startup_s)
+            .fold(0.0f64, f64::max);
+        let horizon = startup + self.cfg.interval_s;
+        self.correction.resize(view.variants.len(), 1.0);
+        if let Some(slo) = self.cfg.slo
+            && est.fresh
+        {
+            for (i, v) in view.variants.iter().enumerate() {
+                let Some(l) = v
+                    .load
+                    .as_ref()
+                    .filter(|l| v.ready > 0 && l.request_rate > 0.0)
+                else {
+                    continue;
+                };
+                // Ratio of this variant's observed p95 to the target.
+                let t = l.ttft_p95_s.map_or(0.0, |x| x * 1e3 / slo.ttft_ms);
+                let it = l.itl_p95_s.map_or(0.0, |x| x * 1e3 / slo.itl_ms);
+                let worst = t.max(it);
+                if !worst.is_finite() {
+                    continue;
+                }
+                let c = &mut self.correction[i];
+                if worst > 1.0 {
+                    *c = (*c * 0.9).max(self.cfg.min_correction);
+                } else if worst < 0.5 {
+                    *c = (*c * 1.02).min(1.0);
+                }
+            }
+        }
+        if !est.fresh && self.last_forecast.is_none() {
+            // No usable data yet: hold the fleet as it is.
+            return Vec::new();
+        }
+        let fc = if est.fresh {
+            let fc = self.forecaster.observe(view.now_s, est.rate, horizon);
+            self.last_forecast = Some(fc);
+            fc
+        } else {
+            // Hold the last forecast rather than learn from a gap in the data.
+            self.last_forecast.unwrap_or(fc_zero())
+        };
+        let cands = self.candidates(view, &shape);
+        let pool_caps: Vec<u32> = view.pools.iter().map(|p| p.capacity).collect();
+        let mut plan = optimise(&cands, &pool_caps, fc.provision_rate);
+        // Keep a floor of replicas when idle (the cheapest usable variant).
+        let total: u32 = plan.replicas.iter().sum();
+        if total < self.cfg.min_total_replicas {
+            let best = (0..cands.len())
+                .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0)
+                .min_by(|&a, &b| cands[a].price_per_hour.total_cmp(&cands[b].price_per_hour));
+            if let Some(b) = best {
+                plan.replicas[b] += self.cfg.min_total_replicas - total;
+            }
+        }
+        let now = view.now_s;
+        self.history.push_back((now, plan.replicas.clone()));
+        while let Some((t, _)) = self.history.front() {
+            if now - *t > self.cfg.scale_down_window_s {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+        // Scale-down needs the *ready* fleet to exceed the need: replicas still starting count
+        // against scaling up again (the plan is compared with targets), but never as capacity
+        // that lets ready replicas go before their replacements serve.
+        let current_cap: f64 = cands
+            .iter()
+            .zip(&view.variants)
+            .map(|(c, v)| c.rate_per_replica * v.ready as f64)
+            .sum();
+        let need = fc.provision_rate;
+        // Scale down only on fresh data, after a full window of plans, above the hysteresis band.
+        let observed_window = self
+            .first_seen
+            .is_some_and(|t| now - t >= self.cfg.scale_down_window_s);
+        let may_shrink =
+            est.fresh && observed_window && current_cap > need * (1.0 + self.cfg.hysteresis);
+        let mut targets: Vec<u32> = Vec::with_capacity(view.variants.len());
+        for (i, v) in view.variants.iter().enumerate() {
+            let planned = plan.replicas[i];
+            let window_max = self
+                .history
+                .iter()
+                .map(|(_, r)| r.get(i).copied().unwrap_or(0))
+                .max()
+                .unwrap_or(planned);
+            let target = if planned > v.target {
+                planned
+            } else if planned < v.target && may_shrink {
+                window_max.min(v.target)
+            } else {
+                v.target
+            };
+            targets.push(target.clamp(v.min_replicas, v.max_replicas.max(v.min_replicas)));
+        }
+        // Never beyond a pool: shed replicas held above the plan first, then any above min.
+        for (p, pool) in view.pools.iter().enumerate() {
+            let members: Vec<usize> = (0..targets.len()).filter(|&i| cands[i].pool == p).collect();
+            let used =
+                |t: &[u32]| -> u32 { members.iter().map(|&i| t[i] * cands[i].devices).sum() };
+            while used(&targets) > pool.capacity {
+                let pick = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| targets[i] > plan.replicas[i].max(cands[i].min_replicas))
+                    .max_by_key(|&i| targets[i] - plan.replicas[i])
+                    .or_else(|| {
+                        members
+                            .iter()
+                            .copied()
+                            .filter(|&i| targets[i] > cands[i].min_replicas)
+                            .max_by_key(|&i| targets[i])
+                    });
+                match pick {
+                    Some(i) => targets[i] -= 1,
+                    None => break,
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (i, v) in view.variants.iter().enumerate() {
+            let target = targets[i];
+            if target != v.target {
+                out.push(ScaleDecision {
+                    variant: i,
+                    replicas: target,
+                    reason: format!(
+                        "goodput: seen {:.2} rps, forecast {:.2} rps (+{:.0}% margin) in {:.0}s, plan ${:.2}/h{}",
+                        est.rate,
+                        fc.rate,
+                        fc.margin * 100.0,
+                        startup + self.cfg.interval_s,
+                        plan.cost_per_hour,
+                        if plan.capacity_limited {
+                            ", capacity-limited"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,199 @@
+//! The optimiser: the cheapest replica mix that carries a forecast load within the SLOs.
+//!
+//! Input: per variant its price per replica-hour, devices per replica, pool, min/max replicas and
+//! the rate one replica sustains within the SLOs (from a `CapacityModel`); the pools' device
+//! capacities; the rate to provision for. Output: replicas per variant, reached in one decision.
+//! It minimises cost per hour subject to capacity >= demand, pool capacity and min/max. Variants
+//! are ordered by price per unit of capacity; the search fills the best one with whole replicas
+//! and, for the remainder, compares one more of it against covering the remainder with the next
+//! variants (a small branch and bound; exact for two variants and near-exact beyond). When the
+//! pools cannot carry the demand, they are filled with the variants giving the most capacity per
+//! device (`Plan::capacity_limited`).
+
+/// One variant as the optimiser sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// USD per replica-hour.
+    pub price_per_hour: f64,
+    /// Devices per replica.
+    pub devices: u32,
+    pub pool: usize,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Requests per second one replica sustains within the SLOs (0: unusable).
+    pub rate_per_replica: f64,
+}
+
+/// The optimiser's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub replicas: Vec<u32>,
+    pub cost_per_hour: f64,
+    /// Rate the plan sustains.
+    pub capacity_rate: f64,
+    /// The pools could not carry the demand.
+    pub capacity_limited: bool,
+}
+
+/// Cheapest mix carrying `demand` requests per second.
+pub fn optimise(cands: &[Candidate], pool_capacity: &[u32], demand: f64) -> Plan {
+    let n = cands.len();
+    let mut replicas: Vec<u32> = cands
+        .iter()
+        .map(|c| c.min_replicas.min(c.max_replicas))
+        .collect();
+    let mut free: Vec<i64> = pool_capacity.iter().map(|&c| c as i64).collect();
+    for (i, c) in cands.iter().enumerate() {
+        if let Some(f) = free.get_mut(c.pool) {
+            *f -= (replicas[i] * c.devices) as i64;
+        }
+    }
+    let base_cap: f64 = cands
+        .iter()
+        .zip(&replicas)
+        .map(|(c, &r)| c.rate_per_replica * r as f64)
+        .sum();
+    let remaining = (demand - base_cap).max(0.0);
+    let mut order: Vec<usize> = (0..n)
+        .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].price_per_hour.is_finite())
+        .collect();
+    order.sort_by(|&a, &b| {
+        let ra = cands[a].price_per_hour / cands[a].rate_per_replica;
+        let rb = cands[b].price_per_hour / cands[b].rate_per_replica;
+        ra.total_cmp(&rb).then(a.cmp(&b))
+    });
+    let mut capacity_limited = false;
+    if remaining > 1e-9 {
+        match search(cands, &order, free.clone(), remaining) {
+            Some((_, extra)) => {
+                for (i, e) in extra {
+                    replicas[i] += e;
+                }
+            }
+            None => {
+                // Not enough room anywhere: the pools bind, so fill them with the most capacity
+                // per device first.
+                capacity_limited = true;
+                let mut dense = order.clone();
+                dense.sort_by(|&a, &b| {
+                    let da = cands[a].rate_per_replica / cands[a].devices.max(1) as f64;
+                    let db = cands[b].rate_per_replica / cands[b].devices.max(1) as f64;
+                    db.total_cmp(&da).then(a.cmp(&b))
+                });
+                for &i in &dense {
+                    let c = cands[i];
+                    let room = c.max_replicas.saturating_sub(replicas[i]);
+                    let by_pool =
+                        (free.get(c.pool).copied().unwrap_or(0).max(0) as u32) / c.devices.max(1);
+                    let add = room.min(by_pool);
+                    replicas[i] += add;
+                    if let Some(f) = free.get_mut(c.pool) {
+                        *f -= (add * c.devices) as i64;
+                    }
+                }
+            }
+        }
+    }
+    let cost_per_hour = cands
+        .iter()
+        .zip(&replicas)
+        .map(|(c, &r)| c.price_per_hour * r as f64)
+        .sum();
+    let capacity_rate = cands
+        .iter()
+        .zip(&replicas)
+        .map(|(c, &r)| c.rate_per_replica * r as f64)
+        .sum();
+    Plan {
+        replicas,
+        cost_per_hour,
+        capacity_rate,
+        capacity_limited,
+    }
+}
+
+/// Cheapest additions (variant, replicas) over `order` covering `demand`; None if impossible.
+fn search(
+    cands: &[Candidate],
+    order: &[usize],
+    free: Vec<i64>,
+    demand: f64,
+) -> Option<(f64, Vec<(usize, u32)>)> {
+    if demand <= 1e-9 {
+        return Some((0.0, Vec::new()));
+    }
+    let (&i, rest) = order.split_first()?;
+    let c = cands[i];
+    let room = c
+        .max_replicas
+        .saturating_sub(c.min_replicas.min(c.max_replicas));
+    let by_pool = (free.get(c.pool).copied().unwrap_or(0).max(0) as u32) / c.devices.max(1);
+    let avail = room.min(by_pool);
+    let need = (demand / c.rate_per_replica - 1e-9).ceil().max(0.0) as u32;
+    let mut best: Option<(f64, Vec<(usize, u32)>)> = None;
+    // (a) cover everything with this variant.
+    if need <= avail {
+        best = Some((need as f64 * c.price_per_hour, vec![(i, need)]));
+    }
+    // (b) take k whole replicas (k < need) and cover the rest with the next variants.
+    let full = need.saturating_sub(1).min(avail);
+    let lowest = full.saturating_sub(1);
+    for k in (lowest..=full).rev() {
+        let mut f = free.clone();
+        if let Some(p) = f.get_mut(c.pool) {
+            *p -= (k * c.devices) as i64;
+        }
+        let left = demand - k as f64 * c.rate_per_replica;
+        if let Some((cost, mut adds)) = search(cands, rest, f, left) {
+            let total = cost + k as f64 * c.price_per_hour;
+            if best.as_ref().is_none_or(|(b, _)| total < *b - 1e-9) {
+                if k > 0 {
+                    adds.push((i, k));
+                }
+                best = Some((total, adds));
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(price: f64, devices: u32, pool: usize, rate: f64) -> Candidate {
+        Candidate {
+            price_per_hour: price,
+            devices,
+            pool,
+            min_replicas: 0,
+            max_replicas: 16,
+            rate_per_replica: rate,
+        }
+    }
+
+    #[test]
+    fn picks_cheapest_per_capacity_and_fills_remainder_cheaply() {
+        // h100: $4/h for 4 rps (1 $/rps); l40s: $1.5/h for 1 rps (1.5 $/rps).
+        let c = [cand(4.0, 1, 0, 4.0), cand(1.5, 1, 1, 1.0)];
+        let p = optimise(&c, &[8, 8], 8.5);
+        // 2 h100 + 1 l40s = $9.5 beats 3 h100 = $12.
+        assert_eq!(p.replicas, vec![2, 1]);
+        assert!(!p.capacity_limited);
+    }
+
+    #[test]
+    fn respects_pool_capacity_and_reports_limits() {
+        let c = [cand(4.0, 1, 0, 4.0), cand(1.5, 1, 1, 1.0)];
+        let p = optimise(&c, &[1, 2], 20.0);
+        assert_eq!(p.replicas, vec![1, 2]);
+        assert!(p.capacity_limited);
+    }
+
+    #[test]
+    fn zero_demand_keeps_minimums() {
+        let mut c = [cand(4.0, 1, 0, 4.0), cand(1.5, 1, 1, 1.0)];
+        c[1].min_replicas = 1;
+        assert_eq!(optimise(&c, &[8, 8], 0.0).replicas, vec![0, 1]);
+    }
+}

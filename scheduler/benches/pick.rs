@@ -1,0 +1,178 @@
+//! A pick among 1000 endpoints (target: ≤ 50 µs p99), with the in-process predictor fitted on
+//! physics-shaped samples so that predictions cost what they cost in production.
+//!
+//! `cargo bench -p goodput-scheduler --bench pick` prints criterion's mean and, from a separate
+//! timed loop of individual picks, p50/p90/p99/max.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group};
+use goodput_core::catalog::Catalog;
+use goodput_predictor::{
+    Features, PodType, Predictor, PredictorConfig, RetrainReason, Sample, VariantPhysics,
+};
+use goodput_scheduler::prefix::{PrefixIndex, text_block_hashes};
+use goodput_scheduler::{EndpointView, GoodputPicker, PickRequest, Picker, VariantPredictors};
+
+const ENDPOINTS: usize = 1000;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn fitted_predictor(physics: VariantPhysics, rng: &mut Rng) -> Arc<Predictor> {
+    let p = Arc::new(Predictor::new(PredictorConfig {
+        physics: Some(physics),
+        ..Default::default()
+    }));
+    let samples: Vec<Sample> = (0..3000)
+        .map(|_| {
+            let f = Features {
+                kv_cache_percentage: rng.below(100) as f64 / 100.0,
+                input_token_length: 16 + rng.below(4000) as u32,
+                num_request_waiting: rng.below(8) as u32,
+                num_request_running: rng.below(64) as u32,
+                prefix_cache_score: rng.below(100) as f64 / 100.0,
+                prefill_tokens_in_flight: rng.below(20_000),
+                pod_type: PodType::Monolithic,
+                ..Default::default()
+            };
+            let prior = physics.prior(&f);
+            let noise = 0.8 + rng.below(40) as f64 / 100.0;
+            Sample {
+                features: f,
+                ttft_ms: Some(prior.ttft_ms * noise),
+                tpot_ms: Some(prior.tpot_ms * noise),
+            }
+        })
+        .collect();
+    p.add_samples(&samples, 0.0);
+    p.retrain(RetrainReason::Manual, 1.0);
+    p
+}
+
+struct Setup {
+    endpoints: Vec<EndpointView>,
+    prefix: PrefixIndex,
+    latency: VariantPredictors,
+    prompts: Vec<Vec<u64>>,
+}
+
+fn setup() -> Setup {
+    let c = Catalog::builtin();
+    let model = c.model("llama-3.1-8b").expect("model");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let predictors = ["h100", "a100", "l40s"]
+        .iter()
+        .map(|a| {
+            let ph = VariantPhysics::new(model, c.accelerator(a).expect("accelerator"), 1);
+            Some(fitted_predictor(ph, &mut rng))
+        })
+        .collect();
+    let latency = VariantPredictors::new(predictors);
+    let endpoints: Vec<EndpointView> = (0..ENDPOINTS)
+        .map(|i| EndpointView {
+            slot: i,
+            variant: i % 3,
+            running: rng.below(64) as u32,
+            waiting: rng.below(6) as u32,
+            kv_usage: rng.below(95) as f64 / 100.0,
+            in_flight: rng.below(64) as u32,
+            prefill_tokens_in_flight: rng.below(8000),
+            ..Default::default()
+        })
+        .collect();
+    // 200 shared system prompts of 2-3k characters plus a user turn, spread over the pool.
+    let mut prefix = PrefixIndex::default();
+    let mut prompts = Vec::new();
+    let mut h = Vec::new();
+    for g in 0..200 {
+        let text = format!("{:0>2048}{}", g, "q".repeat(64 * (rng.below(16) as usize)));
+        text_block_hashes("llama", &text, &mut h);
+        for _ in 0..5 {
+            prefix.record(rng.below(ENDPOINTS as u64) as usize, &h);
+        }
+        prompts.push(h.clone());
+    }
+    Setup {
+        endpoints,
+        prefix,
+        latency,
+        prompts,
+    }
+}
+
+fn request(hashes: &[u64]) -> PickRequest<'_> {
+    PickRequest {
+        prompt_tokens: (hashes.len() * 16 + 40) as u32,
+        output_tokens: 200,
+        slo_ttft_ms: Some(500.0),
+        slo_tpot_ms: Some(50.0),
+        sheddable: false,
+        hashes,
+        block_tokens: 16,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let s = setup();
+    let mut picker = GoodputPicker::default();
+    let mut i = 0usize;
+    c.bench_function("goodput pick among 1000 endpoints", |b| {
+        b.iter(|| {
+            i = (i + 1) % s.prompts.len();
+            black_box(picker.pick(
+                &request(&s.prompts[i]),
+                black_box(&s.endpoints),
+                &s.prefix,
+                &s.latency,
+            ))
+        })
+    });
+}
+
+/// Individual picks timed one by one, for the tail.
+fn percentiles() {
+    let s = setup();
+    let ready = s.latency.get(0).map(|p| p.models().is_ready()).unwrap_or(false);
+    let mut picker = GoodputPicker::default();
+    let n = 20_000;
+    let mut times = Vec::with_capacity(n);
+    for k in 0..n + 2000 {
+        let hashes = &s.prompts[k % s.prompts.len()];
+        let t = Instant::now();
+        black_box(picker.pick(&request(hashes), &s.endpoints, &s.prefix, &s.latency));
+        let dt = t.elapsed().as_secs_f64() * 1e6;
+        if k >= 2000 {
+            times.push(dt);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let q = |p: f64| times[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+    println!(
+        "pick among {ENDPOINTS} endpoints (models fitted: {ready}), {n} picks: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        times[n - 1]
+    );
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    percentiles();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,380 @@
+//! goodput's SLO-aware picker: predicted TTFT/TPOT per candidate, headroom against the
+//! request's SLO, prefix affinity and load folded in through the predictor's features, a
+//! load-based fallback, shedding, and the prefill/decode split.
+//!
+//! Per pick:
+//! 1. Entry candidates (ready decode-capable endpoints; stale ones only if none is ready).
+//! 2. Every candidate gets llm-d's cheap prefix+load score (one pass, no predictions). A
+//!    shortlist of `shortlist` candidates, half the best by that score and half the
+//!    least-loaded, is what the predictor sees: a pick among 1000 endpoints stays within
+//!    tens of microseconds, and an endpoint that is neither loaded lightly nor holding the
+//!    prefix is never the one with the lowest predicted latency anyway.
+//! 3. Each shortlisted endpoint's features (its load, its cached share of the prompt) go to
+//!    its variant's predictor. With an SLO, endpoints whose predictions meet both targets
+//!    form the feasible tier; the pick minimises `0.8·TTFT/SLO_ttft + 0.2·TPOT/SLO_tpot`
+//!    (llm-d's latency-scorer weights; the configured reference objectives stand in when the
+//!    request has none) within the feasible tier, else over all (least violation) — unless
+//!    the request is sheddable, which is then shed (429).
+//! 4. No predictions for any shortlisted endpoint: the best prefix+load score (outcome
+//!    `fallback`).
+//! 5. With ready prefill-only endpoints and at least `pd_min_uncached_tokens` prompt tokens
+//!    uncached on the chosen endpoint, a prefill endpoint is chosen too: the lowest predicted
+//!    TTFT among prefill endpoints (or the best prefix+load score without predictions).
+
+use goodput_predictor::PodType;
+
+use crate::endpoint::{EndpointView, Health};
+use crate::latency::{LatencyModel, Predicted};
+use crate::pick::{
+    Decision, LoadScores, Outcome, PickRequest, Picker, PrefixLoadWeights, Route,
+    entry_candidates, prefix_fraction,
+};
+use crate::prefix::PrefixIndex;
+
+/// Settings of [`GoodputPicker`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GoodputConfig {
+    /// Candidates whose latencies are predicted per pick.
+    pub shortlist: usize,
+    pub ttft_weight: f64,
+    pub tpot_weight: f64,
+    /// Objectives used to normalise predictions when a request carries none, ms.
+    pub reference_ttft_ms: f64,
+    pub reference_tpot_ms: f64,
+    /// Uncached prompt tokens from which a request is split onto a prefill endpoint.
+    pub pd_min_uncached_tokens: u32,
+    /// Weights of the fallback (and shortlist) score.
+    pub fallback: PrefixLoadWeights,
+}
+
+impl Default for GoodputConfig {
+    fn default() -> Self {
+        Self {
+            shortlist: 16,
+            ttft_weight: 0.8,
+            tpot_weight: 0.2,
+            reference_ttft_ms: 1000.0,
+            reference_tpot_ms: 60.0,
+            pd_min_uncached_tokens: 1024,
+            fallback: PrefixLoadWeights::default(),
+        }
+    }
+}
+
+/// The SLO-aware picker.
+#[derive(Debug, Default)]
+pub struct GoodputPicker {
+    pub config: GoodputConfig,
+    turn: usize,
+    candidates: Vec<usize>,
+    load: LoadScores,
+    shortlist: Vec<usize>,
+    by_queue: Vec<(u32, usize)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scored {
+    i: usize,
+    cost: f64,
+    feasible: bool,
+    predicted: Predicted,
+}
+
+impl GoodputPicker {
+    pub fn new(config: GoodputConfig) -> Self {
+        Self {
+            config,
+            ..Default::default()
+        }
+    }
+
+    /// Fills `self.shortlist` from `self.load.scores`.
+    fn build_shortlist(&mut self, endpoints: &[EndpointView]) {
+        let k = self.config.shortlist.max(1);
+        self.shortlist.clear();
+        let scores = &mut self.load.scores;
+        if scores.len() <= k {
+            self.shortlist.extend(scores.iter().map(|s| s.1));
+            return;
+        }
+        let half = k.div_ceil(2);
+        scores.select_nth_unstable_by(half - 1, |a, b| b.0.total_cmp(&a.0));
+        self.shortlist.extend(scores[..half].iter().map(|s| s.1));
+        self.by_queue.clear();
+        self.by_queue
+            .extend(scores[half..].iter().map(|s| (endpoints[s.1].queue(), s.1)));
+        let rest = (k - half).min(self.by_queue.len());
+        if rest > 0 {
+            self.by_queue.select_nth_unstable(rest - 1);
+            self.shortlist
+                .extend(self.by_queue[..rest].iter().map(|q| q.1));
+        }
+    }
+
+    fn cost(&self, req: &PickRequest<'_>, p: &Predicted) -> (f64, bool) {
+        let ttft_ref = req.slo_ttft_ms.unwrap_or(self.config.reference_ttft_ms);
+        let tpot_ref = req.slo_tpot_ms.unwrap_or(self.config.reference_tpot_ms);
+        let tpot = p.tpot_ms.unwrap_or(0.0);
+        let cost =
+            self.config.ttft_weight * p.ttft_ms / ttft_ref + self.config.tpot_weight * tpot / tpot_ref;
+        let feasible = req.slo_ttft_ms.is_none_or(|s| p.ttft_ms <= s)
+            && req.slo_tpot_ms.is_none_or(|s| p.tpot_ms.is_none_or(|t| t <= s));
+        (cost, feasible)
+    }
+
+    /// Chooses a prefill endpoint among the ready prefill-only ones.
+    fn pick_prefill(
+        &mut self,
+        req: &PickRequest<'_>,
+        endpoints: &[EndpointView],
+        prefix: &PrefixIndex,
+        latency: &dyn LatencyModel,
+    ) -> Option<usize> {
+        self.candidates.clear();
+        self.candidates.extend(
+            endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.health == Health::Ready && e.role == PodType::Prefill)
+                .map(|(i, _)| i),
+        );
+        if self.candidates.is_empty() {
+            return None;
+        }
+        self.load
+            .compute(req, endpoints, &self.candidates, prefix, self.config.fallback);
+        self.build_shortlist(endpoints);
+        let mut best: Option<(f64, usize)> = None;
+        for &i in &self.shortlist {
+            let e = &endpoints[i];
+            let m = self.load.matches[e.slot];
+            let f = e.features(req.prompt_tokens, prefix_fraction(req, m));
+            if let Some(p) = latency.predict(e.variant, &f)
+                && best.is_none_or(|b| p.ttft_ms < b.0)
+            {
+                best = Some((p.ttft_ms, i));
+            }
+        }
+        best.map(|b| b.1)
+            .or_else(|| self.load.best(self.turn).map(|b| b.1))
+    }
+}
+
+impl Picker for GoodputPicker {
+    fn name(&self) -> &str {
+        "goodput"
+    }
+
+    fn pick(
+        &mut self,
+        req: &PickRequest<'_>,
+        endpoints: &[EndpointView],
+        prefix: &PrefixIndex,
+        latency: &dyn LatencyModel,
+    ) -> Decision {
+        entry_candidates(endpoints, &mut self.candidates);
+        if self.candidates.is_empty() {
+            return Decision::NoEndpoint;
+        }
+        self.turn = self.turn.wrapping_add(1);
+        self.load
+            .compute(req, endpoints, &self.candidates, prefix, self.config.fallback);
+        self.build_shortlist(endpoints);
+
+        let n = self.shortlist.len();
+        let start = self.turn % n.max(1);
+        let mut best: Option<Scored> = None;
+        let mut best_feasible: Option<Scored> = None;
+        for k in 0..n {
+            // Rotating start: equal costs (an idle pool) spread instead of piling on one.
+            let i = self.shortlist[(start + k) % n];
+            let e = &endpoints[i];
+            let m = self.load.matches[e.slot];
+            let f = e.features(req.prompt_tokens, prefix_fraction(req, m));
+            let Some(p) = latency.predict(e.variant, &f) else {
+                continue;
+            };
+            let (cost, feasible) = self.cost(req, &p);
+            let s = Scored {
+                i,
+                cost,
+                feasible,
+                predicted: p,
+            };
+            if best.is_none_or(|b| cost < b.cost) {
+                best = Some(s);
+            }
+            if feasible && best_feasible.is_none_or(|b| cost < b.cost) {
+                best_feasible = Some(s);
+            }
+        }
+
+        let (i, outcome, predicted) = match (best_feasible, best) {
+            (Some(s), _) => (s.i, Outcome::Scored, Some(s.predicted)),
+            (None, Some(s)) => {
+                let has_slo = req.slo_ttft_ms.is_some() || req.slo_tpot_ms.is_some();
+                if req.sheddable && has_slo && !s.feasible {
+                    return Decision::Shed;
+                }
+                (s.i, Outcome::Scored, Some(s.predicted))
+            }
+            (None, None) => match self.load.best(self.turn) {
+                Some((_, i)) => (i, Outcome::Fallback, None),
+                None => return Decision::NoEndpoint,
+            },
+        };
+        let e = endpoints[i];
+        let matched = self.load.matches[e.slot];
+        let features = e.features(req.prompt_tokens, prefix_fraction(req, matched));
+        let cached = u64::from(matched) * u64::from(req.block_tokens);
+        let uncached = u64::from(req.prompt_tokens).saturating_sub(cached);
+        let prefill = if e.role != PodType::Prefill
+            && uncached >= u64::from(self.config.pd_min_uncached_tokens)
+            && crate::pick::has_prefill_pool(endpoints)
+        {
+            self.pick_prefill(req, endpoints, prefix, latency)
+        } else {
+            None
+        };
+        Decision::Route(Route {
+            endpoint: i,
+            prefill,
+            outcome,
+            predicted,
+            features,
+            matched_blocks: matched,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::latency::NoPredictions;
+    use goodput_predictor::Features;
+
+    /// TTFT grows with the queue and shrinks with the cached share; variant 1 is 4x slower.
+    struct Toy;
+    impl LatencyModel for Toy {
+        fn predict(&self, variant: usize, f: &Features) -> Option<Predicted> {
+            let speed = if variant == 1 { 4.0 } else { 1.0 };
+            let work = f.input_token_length as f64 * (1.0 - f.prefix_cache_score);
+            Some(Predicted {
+                ttft_ms: speed
+                    * (10.0 + work / 10.0 + 50.0 * f64::from(f.num_request_waiting + f.num_request_running)),
+                tpot_ms: Some(speed * (10.0 + f64::from(f.num_request_running))),
+                learned: true,
+            })
+        }
+    }
+
+    fn ep(slot: usize, variant: usize, running: u32, waiting: u32) -> EndpointView {
+        EndpointView {
+            slot,
+            variant,
+            running,
+            waiting,
+            ..Default::default()
+        }
+    }
+
+    fn req<'a>(hashes: &'a [u64]) -> PickRequest<'a> {
+        PickRequest {
+            prompt_tokens: 4000,
+            output_tokens: 100,
+            hashes,
+            block_tokens: 16,
+            ..Default::default()
+        }
+    }
+
+    fn route(d: Decision) -> Route {
+        match d {
+            Decision::Route(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn picks_lowest_predicted_latency_not_fewest_requests() {
+        let idx = PrefixIndex::default();
+        // Endpoint 0: slow variant, idle. Endpoint 1: fast variant, one running.
+        let eps = [ep(0, 1, 0, 0), ep(1, 0, 1, 0)];
+        let mut g = GoodputPicker::default();
+        let r = route(g.pick(&req(&[]), &eps, &idx, &Toy));
+        assert_eq!((r.endpoint, r.outcome), (1, Outcome::Scored));
+        assert!(r.predicted.is_some());
+    }
+
+    #[test]
+    fn prefix_affinity_through_predictions() {
+        let mut idx = PrefixIndex::default();
+        let hashes: Vec<u64> = (1..=250).collect();
+        idx.record(0, &hashes);
+        let eps = [ep(0, 0, 2, 0), ep(1, 0, 0, 0)];
+        let mut g = GoodputPicker::default();
+        let r = route(g.pick(&req(&hashes), &eps, &idx, &Toy));
+        assert_eq!(r.endpoint, 0, "cached prompt beats a shorter queue");
+        assert_eq!(r.matched_blocks, 250);
+        assert_eq!(r.features.prefix_cache_score, 1.0);
+    }
+
+    #[test]
+    fn sheds_only_sheddable_requests_that_no_endpoint_can_serve_in_time() {
+        let idx = PrefixIndex::default();
+        let eps = [ep(0, 0, 50, 50), ep(1, 0, 40, 40)];
+        let mut g = GoodputPicker::default();
+        let mut r = req(&[]);
+        r.slo_ttft_ms = Some(200.0);
+        r.sheddable = true;
+        assert_eq!(g.pick(&r, &eps, &idx, &Toy), Decision::Shed);
+        r.sheddable = false;
+        let d = route(g.pick(&r, &eps, &idx, &Toy));
+        assert_eq!(d.endpoint, 1, "least violation");
+        // Feasible endpoint present: routed there even when sheddable.
+        r.sheddable = true;
+        let eps = [ep(0, 0, 50, 50), ep(1, 0, 0, 0)];
+        r.slo_ttft_ms = Some(1000.0);
+        assert_eq!(route(g.pick(&r, &eps, &idx, &Toy)).endpoint, 1);
+    }
+
+    #[test]
+    fn falls_back_to_load_without_predictions() {
+        let idx = PrefixIndex::default();
+        let eps = [ep(0, 0, 5, 9), ep(1, 0, 5, 0)];
+        let mut g = GoodputPicker::default();
+        let r = route(g.pick(&req(&[]), &eps, &idx, &NoPredictions));
+        assert_eq!((r.endpoint, r.outcome), (1, Outcome::Fallback));
+        assert!(r.predicted.is_none());
+        assert_eq!(g.pick(&req(&[]), &[], &idx, &Toy), Decision::NoEndpoint);
+    }
+
+    #[test]
+    fn splits_long_uncached_prompts_onto_a_prefill_endpoint() {
+        let mut idx = PrefixIndex::default();
+        let mut eps = [ep(0, 0, 0, 0), ep(1, 0, 3, 0), ep(2, 0, 0, 0)];
+        eps[0].role = PodType::Decode;
+        eps[1].role = PodType::Prefill;
+        eps[2].role = PodType::Prefill;
+        let mut g = GoodputPicker::default();
+        let r = route(g.pick(&req(&[]), &eps, &idx, &Toy));
+        assert_eq!((r.endpoint, r.prefill), (0, Some(2)));
+        // Short uncached part: no split.
+        let hashes: Vec<u64> = (1..=250).collect();
+        idx.record(0, &hashes);
+        let r = route(g.pick(&req(&hashes), &eps, &idx, &Toy));
+        assert_eq!((r.endpoint, r.prefill), (0, None));
+    }
+
+    #[test]
+    fn shortlist_keeps_large_pools_fast_and_still_finds_the_idle_endpoint() {
+        let idx = PrefixIndex::default();
+        let mut eps: Vec<EndpointView> = (0..1000).map(|i| ep(i, 0, 8, 4)).collect();
+        eps[737].running = 0;
+        eps[737].waiting = 0;
+        let mut g = GoodputPicker::default();
+        let r = route(g.pick(&req(&[]), &eps, &idx, &Toy));
+        assert_eq!(r.endpoint, 737);
+        assert!(g.shortlist.len() <= g.config.shortlist);
+    }
+}

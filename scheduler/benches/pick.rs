@@ -4,6 +4,8 @@
 //! `cargo bench -p goodput-scheduler --bench pick` prints criterion's mean and, from a separate
 //! timed loop of individual picks, p50/p90/p99/max.
 
+#![allow(clippy::expect_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
@@ -145,7 +147,11 @@ fn bench(c: &mut Criterion) {
 /// Individual picks timed one by one, for the tail.
 fn percentiles() {
     let s = setup();
-    let ready = s.latency.get(0).map(|p| p.models().is_ready()).unwrap_or(false);
+    let ready = s
+        .latency
+        .get(0)
+        .map(|p| p.models().is_ready())
+        .unwrap_or(false);
     let mut picker = GoodputPicker::default();
     let n = 20_000;
     let mut times = Vec::with_capacity(n);

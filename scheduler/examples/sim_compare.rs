@@ -152,11 +152,27 @@ fn main() -> anyhow::Result<()> {
             ("least-requests", "least-requests"),
             ("prefix+load (llm-d default 2/2/3)", "prefix-load"),
         ] {
-            rows.push(run(&scenario, &workload, &variants, label, p, goodput_scheduler::NoPredictions)?.0);
+            rows.push(
+                run(
+                    &scenario,
+                    &workload,
+                    &variants,
+                    label,
+                    p,
+                    goodput_scheduler::NoPredictions,
+                )?
+                .0,
+            );
         }
         let prior = VariantPredictors::new(physics_predictors(&variants));
-        let (row, router, cluster) =
-            run(&scenario, &workload, &variants, "goodput (prior)", "goodput", prior)?;
+        let (row, router, cluster) = run(
+            &scenario,
+            &workload,
+            &variants,
+            "goodput (prior)",
+            "goodput",
+            prior,
+        )?;
         rows.push(row);
         let samples = training_samples(router.dispatches(), &cluster.outcomes, variants.len());
         let trained = VariantPredictors::new(physics_predictors(&variants));
@@ -170,7 +186,15 @@ fn main() -> anyhow::Result<()> {
             }
         }
         rows.push(
-            run(&scenario, &workload, &variants, "goodput (trained)", "goodput", trained)?.0,
+            run(
+                &scenario,
+                &workload,
+                &variants,
+                "goodput (trained)",
+                "goodput",
+                trained,
+            )?
+            .0,
         );
         println!(
             "\n### {} — {} requests over {:.0} s, fleet {}, SLO TTFT {} ms / TPOT {} ms ({} of {} variant models fitted)\n",
@@ -187,7 +211,9 @@ fn main() -> anyhow::Result<()> {
             fitted,
             variants.len()
         );
-        println!("| picker | SLO attainment | TTFT p50 (ms) | TTFT p95 (ms) | TPOT p95 (ms) | prefix hit rate | unfinished |");
+        println!(
+            "| picker | SLO attainment | TTFT p50 (ms) | TTFT p95 (ms) | TPOT p95 (ms) | prefix hit rate | unfinished |"
+        );
         println!("|---|---|---|---|---|---|---|");
         for r in rows {
             println!(

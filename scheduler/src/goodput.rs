@@ -26,8 +26,8 @@ use goodput_predictor::PodType;
 use crate::endpoint::{EndpointView, Health};
 use crate::latency::{LatencyModel, Predicted};
 use crate::pick::{
-    Decision, LoadScores, Outcome, PickRequest, Picker, PrefixLoadWeights, Route,
-    entry_candidates, prefix_fraction,
+    Decision, LoadScores, Outcome, PickRequest, Picker, PrefixLoadWeights, Route, entry_candidates,
+    prefix_fraction,
 };
 use crate::prefix::PrefixIndex;
 
@@ -115,10 +115,12 @@ impl GoodputPicker {
         let ttft_ref = req.slo_ttft_ms.unwrap_or(self.config.reference_ttft_ms);
         let tpot_ref = req.slo_tpot_ms.unwrap_or(self.config.reference_tpot_ms);
         let tpot = p.tpot_ms.unwrap_or(0.0);
-        let cost =
-            self.config.ttft_weight * p.ttft_ms / ttft_ref + self.config.tpot_weight * tpot / tpot_ref;
+        let cost = self.config.ttft_weight * p.ttft_ms / ttft_ref
+            + self.config.tpot_weight * tpot / tpot_ref;
         let feasible = req.slo_ttft_ms.is_none_or(|s| p.ttft_ms <= s)
-            && req.slo_tpot_ms.is_none_or(|s| p.tpot_ms.is_none_or(|t| t <= s));
+            && req
+                .slo_tpot_ms
+                .is_none_or(|s| p.tpot_ms.is_none_or(|t| t <= s));
         (cost, feasible)
     }
 
@@ -141,8 +143,13 @@ impl GoodputPicker {
         if self.candidates.is_empty() {
             return None;
         }
-        self.load
-            .compute(req, endpoints, &self.candidates, prefix, self.config.fallback);
+        self.load.compute(
+            req,
+            endpoints,
+            &self.candidates,
+            prefix,
+            self.config.fallback,
+        );
         self.build_shortlist(endpoints);
         let mut best: Option<(f64, usize)> = None;
         for &i in &self.shortlist {
@@ -177,8 +184,13 @@ impl Picker for GoodputPicker {
             return Decision::NoEndpoint;
         }
         self.turn = self.turn.wrapping_add(1);
-        self.load
-            .compute(req, endpoints, &self.candidates, prefix, self.config.fallback);
+        self.load.compute(
+            req,
+            endpoints,
+            &self.candidates,
+            prefix,
+            self.config.fallback,
+        );
         self.build_shortlist(endpoints);
 
         let n = self.shortlist.len();
@@ -261,7 +273,9 @@ mod tests {
             let work = f.input_token_length as f64 * (1.0 - f.prefix_cache_score);
             Some(Predicted {
                 ttft_ms: speed
-                    * (10.0 + work / 10.0 + 50.0 * f64::from(f.num_request_waiting + f.num_request_running)),
+                    * (10.0
+                        + work / 10.0
+                        + 50.0 * f64::from(f.num_request_waiting + f.num_request_running)),
                 tpot_ms: Some(speed * (10.0 + f64::from(f.num_request_running))),
                 learned: true,
             })

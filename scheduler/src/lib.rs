@@ -31,7 +31,9 @@ pub mod server;
 pub use endpoint::{EndpointView, Health};
 pub use goodput::{GoodputConfig, GoodputPicker};
 pub use latency::{LatencyModel, NoPredictions, Predicted, VariantPredictors};
-pub use pick::{Decision, LeastRequests, Outcome, PickRequest, Picker, PrefixLoad, RoundRobin, Route};
+pub use pick::{
+    Decision, LeastRequests, Outcome, PickRequest, Picker, PrefixLoad, RoundRobin, Route,
+};
 pub use prefix::PrefixIndex;
 pub use request::{RequestError, RequestFeatures};
 

@@ -93,7 +93,12 @@ pub fn entry_candidates(endpoints: &[EndpointView], out: &mut Vec<usize>) {
     }
 }
 
-fn plain_route(endpoints: &[EndpointView], i: usize, req: &PickRequest<'_>, matched: u32) -> Decision {
+fn plain_route(
+    endpoints: &[EndpointView],
+    i: usize,
+    req: &PickRequest<'_>,
+    matched: u32,
+) -> Decision {
     let prefix = prefix_fraction(req, matched);
     Decision::Route(Route {
         endpoint: i,
@@ -336,7 +341,10 @@ mod tests {
             Decision::Route(r) => r.endpoint,
             other => panic!("{other:?}"),
         };
-        assert_eq!(route(LeastRequests::default().pick(&req, &eps, &idx, &NoPredictions)), 2);
+        assert_eq!(
+            route(LeastRequests::default().pick(&req, &eps, &idx, &NoPredictions)),
+            2
+        );
         let mut rr = RoundRobin::default();
         let picks: Vec<_> = (0..4)
             .map(|_| route(rr.pick(&req, &eps, &idx, &NoPredictions)))
@@ -344,11 +352,22 @@ mod tests {
         assert_eq!(picks, vec![0, 1, 2, 0]);
         eps[0].health = Health::Down;
         eps[1].health = Health::Stale;
-        assert_eq!(route(rr.pick(&req, &eps, &idx, &NoPredictions)), 2, "only ready ones");
+        assert_eq!(
+            route(rr.pick(&req, &eps, &idx, &NoPredictions)),
+            2,
+            "only ready ones"
+        );
         eps[2].health = Health::Down;
-        assert_eq!(route(rr.pick(&req, &eps, &idx, &NoPredictions)), 1, "stale when nothing is ready");
+        assert_eq!(
+            route(rr.pick(&req, &eps, &idx, &NoPredictions)),
+            1,
+            "stale when nothing is ready"
+        );
         eps[1].health = Health::Down;
-        assert_eq!(rr.pick(&req, &eps, &idx, &NoPredictions), Decision::NoEndpoint);
+        assert_eq!(
+            rr.pick(&req, &eps, &idx, &NoPredictions),
+            Decision::NoEndpoint
+        );
     }
 
     #[test]

@@ -230,7 +230,11 @@ mod tests {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let base = "x".repeat(BLOCK_CHARS * 3);
         text_block_hashes("m", &format!("{base}{}", "a".repeat(BLOCK_CHARS)), &mut a);
-        text_block_hashes("m", &format!("{base}{}", "b".repeat(BLOCK_CHARS + 10)), &mut b);
+        text_block_hashes(
+            "m",
+            &format!("{base}{}", "b".repeat(BLOCK_CHARS + 10)),
+            &mut b,
+        );
         assert_eq!(a.len(), 4);
         assert_eq!(b.len(), 4, "trailing partial block ignored");
         assert_eq!(a[..3], b[..3]);

@@ -97,7 +97,10 @@ impl RequestFeatures {
         } else if let Some(prompt) = obj.get("prompt") {
             render_prompt(prompt)?
         } else {
-            return Err(field("messages", "neither `messages` nor `prompt` is present"));
+            return Err(field(
+                "messages",
+                "neither `messages` nor `prompt` is present",
+            ));
         };
         let max_tokens = match (obj.get("max_completion_tokens"), obj.get("max_tokens")) {
             (Some(v), _) if !v.is_null() => Some(uint(v, "max_completion_tokens")?),
@@ -110,7 +113,8 @@ impl RequestFeatures {
             Some(_) => return Err(field("stream", "must be a boolean")),
         };
         let chars = prefix_text.chars().count();
-        let prompt_tokens = u32::try_from(chars.div_ceil(CHARS_PER_TOKEN).max(1)).unwrap_or(u32::MAX);
+        let prompt_tokens =
+            u32::try_from(chars.div_ceil(CHARS_PER_TOKEN).max(1)).unwrap_or(u32::MAX);
         Ok(Self {
             model,
             prompt_tokens,
@@ -220,7 +224,10 @@ fn render_prompt(prompt: &Value) -> Result<String, RequestError> {
             .map(|v| format!("{:04x}", v.as_u64().unwrap_or(0) & 0xffff))
             .collect()),
         Value::Array(list) if list.len() == 1 => render_prompt(&list[0]),
-        Value::Array(_) => Err(field("prompt", "a list of several prompts is not supported")),
+        Value::Array(_) => Err(field(
+            "prompt",
+            "a list of several prompts is not supported",
+        )),
         _ => Err(field("prompt", "must be a string or a list of token ids")),
     }
 }
@@ -235,7 +242,11 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hello world"}],"max_tokens":7,"stream":true}"#;
         let r = RequestFeatures::parse(
             body,
-            [("x-slo-ttft-ms", "300"), ("x-llm-d-slo-tpot-ms", "40"), ("x-goodput-priority", "-1")],
+            [
+                ("x-slo-ttft-ms", "300"),
+                ("x-llm-d-slo-tpot-ms", "40"),
+                ("x-goodput-priority", "-1"),
+            ],
         )
         .unwrap();
         assert_eq!(r.model, "m");

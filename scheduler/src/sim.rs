@@ -104,7 +104,11 @@ impl<L: LatencyModel> Router for SimRouter<L> {
             EndpointView {
                 slot: c.replica,
                 variant: c.variant,
-                role: if all_prefill { PodType::Monolithic } else { role },
+                role: if all_prefill {
+                    PodType::Monolithic
+                } else {
+                    role
+                },
                 health: Health::Ready,
                 running: c.running as u32,
                 waiting: c.waiting as u32,
@@ -212,7 +216,11 @@ mod tests {
         };
         let first = r.pick(&req, &cands).unwrap();
         let again = RouteRequest { id: 1, ..req };
-        assert_eq!(r.pick(&again, &cands), Some(first), "same prefix, same replica");
+        assert_eq!(
+            r.pick(&again, &cands),
+            Some(first),
+            "same prefix, same replica"
+        );
         assert_eq!(r.dispatches().len(), 2);
         assert_eq!(r.dispatches()[1].features.prefix_cache_score, 1.0);
         let outcomes = [

@@ -2,6 +2,7 @@
 //! variable named in `--help`.
 
 mod predictor;
+mod scheduler;
 mod sim;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -46,6 +47,9 @@ pub enum Command {
     /// Learn and serve TTFT/TPOT predictions (a drop-in for llm-d's latency predictor).
     #[command(subcommand)]
     Predictor(predictor::PredictorCommand),
+    /// Pick the endpoint for every request behind Envoy (ext_proc), SLO-aware.
+    #[command(subcommand)]
+    Scheduler(scheduler::SchedulerCommand),
 }
 
 /// Sets up `tracing` on stderr.
@@ -66,6 +70,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Predictor(cmd) => predictor::run(cmd),
+        Command::Scheduler(cmd) => scheduler::run(cmd),
     }
 }
 

@@ -1,0 +1,343 @@
+//! `goodput scheduler serve`: the picker behind Envoy.
+//!
+//! Data flow:
+//! ```text
+//! --endpoints / --endpoints-file ──► Pool (specs, variants) ◄── scraper: GET /metrics every
+//!                                     │   ▲                      interval (stale → down)
+//! Envoy ──ext_proc gRPC──► ExtProc ──pick┘   └── in flight, first token, finished
+//!                              │ measured TTFT/TPOT + features at dispatch
+//!                              ▼
+//!                  per-variant Predictor (in-process, background trainer)
+//! /metrics (axum, --metrics-port) ◄── SchedulerMetrics
+//! ```
+//! Endpoints come from a static list or a file (re-read at start only); Kubernetes discovery
+//! by label selector or InferencePool is not implemented yet.
+
+pub mod extproc;
+pub mod pool;
+pub mod scrape;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use goodput_core::catalog::Catalog;
+use goodput_predictor::{Predictor, PredictorConfig, Trainer, VariantPhysics};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::goodput::{GoodputConfig, GoodputPicker};
+use crate::latency::VariantPredictors;
+use crate::metrics::{SchedulerMetrics, StateLabels};
+use crate::pick::Picker;
+use crate::server::extproc::{ExtProc, Shared};
+use crate::server::pool::{EndpointSpec, Pool, SpecError, Staleness, parse_endpoints};
+
+/// Where the endpoints come from.
+#[derive(Debug, Clone)]
+pub enum EndpointSource {
+    /// `host:port[ attrs],...`
+    List(String),
+    /// One entry per line.
+    File(PathBuf),
+}
+
+/// Settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub endpoints: EndpointSource,
+    /// `goodput`, `round-robin`, `least-requests` or `prefix-load`.
+    pub picker: String,
+    pub goodput: GoodputConfig,
+    pub scrape_interval: Duration,
+    pub staleness: Staleness,
+    /// Catalog model served by the endpoints (for physics priors of endpoints that name
+    /// their accelerator).
+    pub model: String,
+    /// False: no predictor at all (every pick is a load-based fallback).
+    pub predictions: bool,
+    /// Seconds between scheduled retrainings of the predictors.
+    pub retrain_interval_s: f64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: EndpointSource::List(String::new()),
+            picker: "goodput".into(),
+            goodput: GoodputConfig::default(),
+            scrape_interval: Duration::from_millis(50),
+            staleness: Staleness {
+                stale_after: Duration::from_secs(2),
+                down_after: Duration::from_secs(30),
+                down_after_failures: 3,
+            },
+            model: "llama-3.1-8b".into(),
+            predictions: true,
+            retrain_interval_s: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reading endpoints file {path}: {source}")]
+    ReadEndpoints {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("no endpoints given")]
+    NoEndpoints,
+    #[error("unknown picker `{0}` (goodput, round-robin, least-requests, prefix-load)")]
+    Picker(String),
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("metrics server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("starting the predictor trainer: {0}")]
+    Trainer(std::io::Error),
+}
+
+/// Reads the configured endpoints.
+pub fn load_endpoints(source: &EndpointSource) -> Result<Vec<EndpointSpec>, ServeError> {
+    let text = match source {
+        EndpointSource::List(s) => s.clone(),
+        EndpointSource::File(p) => {
+            std::fs::read_to_string(p).map_err(|source| ServeError::ReadEndpoints {
+                path: p.display().to_string(),
+                source,
+            })?
+        }
+    };
+    let specs = parse_endpoints(&text)?;
+    if specs.is_empty() {
+        return Err(ServeError::NoEndpoints);
+    }
+    Ok(specs)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A running scheduler's shared state and background work.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub registry: Arc<Registry>,
+    _trainers: Vec<Trainer>,
+}
+
+/// Builds the pool, predictors and metrics for `config`.
+pub fn build(config: &ServeConfig) -> Result<Running, ServeError> {
+    let specs = load_endpoints(&config.endpoints)?;
+    let catalog = Catalog::builtin();
+    let mut keys: Vec<(Option<String>, u32, u8)> = Vec::new();
+    let mut variants = Vec::new();
+    for s in &specs {
+        let k = s.variant_key();
+        let i = match keys.iter().position(|x| *x == k) {
+            Some(i) => i,
+            None => {
+                keys.push(k);
+                keys.len() - 1
+            }
+        };
+        variants.push(i);
+    }
+    let mut predictors = Vec::new();
+    let mut trainers = Vec::new();
+    for (acc, tp, _) in &keys {
+        if !config.predictions {
+            predictors.push(None);
+            continue;
+        }
+        let physics = match acc {
+            Some(a) => {
+                let model = catalog
+                    .model(&config.model)
+                    .map_err(|e| ServeError::Catalog(e.to_string()))?;
+                let acc = catalog
+                    .accelerator(a)
+                    .map_err(|e| ServeError::Catalog(e.to_string()))?;
+                Some(VariantPhysics::new(model, acc, *tp))
+            }
+            None => None,
+        };
+        let p = Arc::new(Predictor::new(PredictorConfig {
+            physics,
+            retrain_interval_s: config.retrain_interval_s,
+            ..Default::default()
+        }));
+        trainers.push(p.spawn_trainer(unix_now).map_err(ServeError::Trainer)?);
+        predictors.push(Some(p));
+    }
+    let picker: Box<dyn Picker> = match config.picker.as_str() {
+        "goodput" => Box::new(GoodputPicker::new(config.goodput)),
+        other => crate::picker_for(other).ok_or_else(|| ServeError::Picker(other.into()))?,
+    };
+    let metrics = SchedulerMetrics::default();
+    let mut registry = Registry::with_prefix("goodput_scheduler");
+    metrics.register(&mut registry);
+    let shared = Arc::new(Shared {
+        pool: Mutex::new(Pool::new(specs, variants, picker, config.staleness)),
+        latency: VariantPredictors::new(predictors),
+        metrics,
+    });
+    Ok(Running {
+        shared,
+        registry: Arc::new(registry),
+        _trainers: trainers,
+    })
+}
+
+/// Scrapes every endpoint's `/metrics` every `interval`, forever.
+pub async fn scrape_loop(shared: Arc<Shared>, interval: Duration) {
+    let client = match reqwest::Client::builder()
+        .timeout(interval.max(Duration::from_millis(500)))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot build the scrape client: {e}");
+            return;
+        }
+    };
+    let addrs: Vec<String> = {
+        let pool = lock(&shared);
+        (0..pool.len()).map(|i| pool.addr(i).to_string()).collect()
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let results = futures::future::join_all(addrs.iter().map(|a| {
+            let url = format!("http://{a}/metrics");
+            let client = client.clone();
+            async move {
+                let r = client.get(&url).send().await.ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                let text = r.text().await.ok()?;
+                match scrape::parse_vllm_metrics(&text) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::debug!("{url}: {e}");
+                        None
+                    }
+                }
+            }
+        }))
+        .await;
+        let now = Instant::now();
+        let mut pool = lock(&shared);
+        for (slot, r) in results.into_iter().enumerate() {
+            match r {
+                Some(s) => pool.scraped(slot, s, now),
+                None => pool.scrape_failed(slot),
+            }
+        }
+        let (ready, stale, down) = pool.health_counts(now);
+        drop(pool);
+        for (state, n) in [("ready", ready), ("stale", stale), ("down", down)] {
+            shared
+                .metrics
+                .endpoints
+                .get_or_create(&StateLabels { state })
+                .set(n);
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Pool> {
+    match shared.pool.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Serves `/metrics` on `listener`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+) -> Result<(), std::io::Error> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = Arc::clone(&registry);
+            async move {
+                let mut text = String::new();
+                if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+                    return (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(CONTENT_TYPE, "text/plain")],
+                        String::from("encoding failed"),
+                    );
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// Runs the scheduler on already-bound listeners until `shutdown` resolves.
+pub async fn serve_on(
+    config: ServeConfig,
+    grpc: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let running = build(&config)?;
+    let scraper = tokio::spawn(scrape_loop(
+        Arc::clone(&running.shared),
+        config.scrape_interval,
+    ));
+    let metrics_task =
+        metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&running.registry))));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    let result = tonic::transport::Server::builder()
+        .add_service(ExternalProcessorServer::new(ExtProc::new(Arc::clone(
+            &running.shared,
+        ))))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    scraper.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    result?;
+    Ok(())
+}
+
+/// Binds `grpc_addr` (and `metrics_addr`) and serves until `shutdown` resolves.
+pub async fn serve(
+    config: ServeConfig,
+    grpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let grpc = TcpListener::bind(grpc_addr).await?;
+    let metrics = match metrics_addr {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    serve_on(config, grpc, metrics, shutdown).await
+}

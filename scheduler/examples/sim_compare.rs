@@ -62,7 +62,7 @@ const CASES: [Case; 2] = [
   - { name: l40s-tp1, accelerator: l40s, tp: 1, replicas: 2, max_replicas: 2 }
 "#,
         max_duration_s: 1200.0,
-        rate_scale: 1.0,
+        rate_scale: 2.0,
     },
 ];
 

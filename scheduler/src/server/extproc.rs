@@ -66,7 +66,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         match self.pool.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

@@ -306,10 +306,18 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let running = build(&config)?;
-    let scraper = tokio::spawn(scrape_loop(
-        Arc::clone(&running.shared),
-        config.scrape_interval,
-    ));
+    serve_running(running, config.scrape_interval, grpc, metrics, shutdown).await
+}
+
+/// Runs an already-built scheduler (tests keep a handle on its [`Shared`] state).
+pub async fn serve_running(
+    running: Running,
+    scrape_interval: Duration,
+    grpc: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let scraper = tokio::spawn(scrape_loop(Arc::clone(&running.shared), scrape_interval));
     let metrics_task =
         metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&running.registry))));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);

@@ -113,6 +113,8 @@ struct Entry {
     failures: u32,
     in_flight: u32,
     prefill_tokens_in_flight: u64,
+    /// Requests routed here since start.
+    dispatched: u64,
 }
 
 /// A dispatched request's bookkeeping, handed back on first token and finish.
@@ -152,6 +154,7 @@ impl Pool {
                     failures: 0,
                     in_flight: 0,
                     prefill_tokens_in_flight: 0,
+                    dispatched: 0,
                 })
                 .collect(),
             picker,
@@ -179,6 +182,11 @@ impl Pool {
 
     pub fn in_flight(&self, slot: usize) -> u32 {
         self.entries.get(slot).map_or(0, |e| e.in_flight)
+    }
+
+    /// Requests routed to endpoint `slot` since start.
+    pub fn dispatched(&self, slot: usize) -> u64 {
+        self.entries.get(slot).map_or(0, |e| e.dispatched)
     }
 
     pub fn scraped(&mut self, slot: usize, s: Scraped, at: Instant) {
@@ -266,6 +274,7 @@ impl Pool {
                 }
                 if let Some(e) = self.entries.get_mut(slot) {
                     e.in_flight += 1;
+                    e.dispatched += 1;
                     e.prefill_tokens_in_flight += uncached;
                 }
                 Some(Ticket {

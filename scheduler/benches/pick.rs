@@ -16,7 +16,9 @@ use goodput_predictor::{
     Features, PodType, Predictor, PredictorConfig, RetrainReason, Sample, VariantPhysics,
 };
 use goodput_scheduler::prefix::{PrefixIndex, text_block_hashes};
-use goodput_scheduler::{EndpointView, GoodputPicker, PickRequest, Picker, VariantPredictors};
+use goodput_scheduler::{
+    EndpointView, GoodputPicker, NoPredictions, PickRequest, Picker, VariantPredictors,
+};
 
 const ENDPOINTS: usize = 1000;
 
@@ -147,18 +149,35 @@ fn bench(c: &mut Criterion) {
 /// Individual picks timed one by one, for the tail.
 fn percentiles() {
     let s = setup();
-    let ready = s
-        .latency
-        .get(0)
-        .map(|p| p.models().is_ready())
-        .unwrap_or(false);
+    let ready = s.latency.get(0).is_some_and(|p| p.models().is_ready());
     let mut picker = GoodputPicker::default();
+    tail(&format!("goodput, models fitted: {ready}"), |k| {
+        let hashes = &s.prompts[k % s.prompts.len()];
+        black_box(picker.pick(&request(hashes), &s.endpoints, &s.prefix, &s.latency));
+    });
+    let mut baseline = goodput_scheduler::PrefixLoad::default();
+    tail("llm-d prefix+load baseline", |k| {
+        let hashes = &s.prompts[k % s.prompts.len()];
+        black_box(baseline.pick(&request(hashes), &s.endpoints, &s.prefix, &NoPredictions));
+    });
+    let empty = PrefixIndex::default();
+    tail("llm-d prefix+load baseline, empty prefix index", |k| {
+        let hashes = &s.prompts[k % s.prompts.len()];
+        black_box(baseline.pick(&request(hashes), &s.endpoints, &empty, &NoPredictions));
+    });
+    let mut picker = GoodputPicker::default();
+    tail("goodput, no predictions (load fallback)", |k| {
+        let hashes = &s.prompts[k % s.prompts.len()];
+        black_box(picker.pick(&request(hashes), &s.endpoints, &s.prefix, &NoPredictions));
+    });
+}
+
+fn tail(label: &str, mut pick: impl FnMut(usize)) {
     let n = 20_000;
     let mut times = Vec::with_capacity(n);
     for k in 0..n + 2000 {
-        let hashes = &s.prompts[k % s.prompts.len()];
         let t = Instant::now();
-        black_box(picker.pick(&request(hashes), &s.endpoints, &s.prefix, &s.latency));
+        pick(k);
         let dt = t.elapsed().as_secs_f64() * 1e6;
         if k >= 2000 {
             times.push(dt);
@@ -167,7 +186,7 @@ fn percentiles() {
     times.sort_by(f64::total_cmp);
     let q = |p: f64| times[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
     println!(
-        "pick among {ENDPOINTS} endpoints (models fitted: {ready}), {n} picks: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        "pick among {ENDPOINTS} endpoints ({label}), {n} picks: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
         q(0.5),
         q(0.9),
         q(0.99),

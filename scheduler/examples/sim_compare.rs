@@ -5,9 +5,10 @@
 //! GOODPUT_SHARED_DATA=../shared/data cargo run --release -p goodput-scheduler --example sim_compare
 //! ```
 //! Prints one markdown table per workload: SLO attainment, TTFT p50/p95, TPOT p95, prefix hit
-//! rate. `goodput (prior)` predicts from the variants' physics alone; `goodput (trained)` uses
-//! predictors trained on the measured latencies of the `goodput (prior)` run (the simulator's
-//! router hook has no completion callback, so learning happens between runs).
+//! rate. `goodput (prior)` predicts from the variants' physics alone; the `trained` rows use
+//! predictors trained on measured latencies, either of the `goodput (prior)` run alone or of
+//! all four runs before them (the simulator's router hook has no completion callback, so
+//! learning happens between runs).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -147,22 +148,33 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("loading {} from {}", case.trace, data.display()))?;
         let variants = resolve_variants(&scenario, scenario.mode)?;
         let mut rows = Vec::new();
+        // Every run's dispatches with its measured latencies: the "history" the trained
+        // predictors learn from.
+        let mut history: Vec<Vec<goodput_predictor::Sample>> = vec![Vec::new(); variants.len()];
+        let mut keep = |router_dispatches: &[goodput_scheduler::sim::Dispatch],
+                        run: &ClusterRun| {
+            for (v, s) in training_samples(router_dispatches, &run.outcomes, variants.len())
+                .into_iter()
+                .enumerate()
+            {
+                history[v].extend(s);
+            }
+        };
         for (label, p) in [
             ("round-robin", "round-robin"),
             ("least-requests", "least-requests"),
             ("prefix+load (llm-d default 2/2/3)", "prefix-load"),
         ] {
-            rows.push(
-                run(
-                    &scenario,
-                    &workload,
-                    &variants,
-                    label,
-                    p,
-                    goodput_scheduler::NoPredictions,
-                )?
-                .0,
-            );
+            let (row, router, cluster) = run(
+                &scenario,
+                &workload,
+                &variants,
+                label,
+                p,
+                goodput_scheduler::NoPredictions,
+            )?;
+            keep(router.dispatches(), &cluster);
+            rows.push(row);
         }
         let prior = VariantPredictors::new(physics_predictors(&variants));
         let (row, router, cluster) = run(
@@ -174,23 +186,40 @@ fn main() -> anyhow::Result<()> {
             prior,
         )?;
         rows.push(row);
-        let samples = training_samples(router.dispatches(), &cluster.outcomes, variants.len());
-        let trained = VariantPredictors::new(physics_predictors(&variants));
-        let mut fitted = 0;
-        for (v, s) in samples.iter().enumerate() {
-            if let Some(p) = trained.get(v) {
-                p.add_samples(s, 0.0);
-                if p.retrain(RetrainReason::Manual, 1.0).is_some() {
-                    fitted += 1;
+        let own = training_samples(router.dispatches(), &cluster.outcomes, variants.len());
+        keep(router.dispatches(), &cluster);
+        let fit = |samples: &[Vec<goodput_predictor::Sample>]| {
+            let trained = VariantPredictors::new(physics_predictors(&variants));
+            let mut fitted = 0;
+            for (v, s) in samples.iter().enumerate() {
+                if let Some(p) = trained.get(v) {
+                    p.add_samples(s, 0.0);
+                    if p.retrain(RetrainReason::Manual, 1.0).is_some() {
+                        fitted += 1;
+                    }
                 }
             }
-        }
+            (trained, fitted)
+        };
+        let (trained, _) = fit(&own);
         rows.push(
             run(
                 &scenario,
                 &workload,
                 &variants,
-                "goodput (trained)",
+                "goodput (trained on its own run)",
+                "goodput",
+                trained,
+            )?
+            .0,
+        );
+        let (trained, fitted) = fit(&history);
+        rows.push(
+            run(
+                &scenario,
+                &workload,
+                &variants,
+                "goodput (trained on all four runs)",
                 "goodput",
                 trained,
             )?

@@ -88,27 +88,45 @@ impl GoodputPicker {
         }
     }
 
-    /// Fills `self.shortlist` from `self.load.scores`.
+    /// Fills `self.shortlist` from `self.load.scores`: the best `⌈k/2⌉` by prefix+load score
+    /// and the `⌊k/2⌋` least-loaded of the rest. One pass each with a small sorted buffer, so
+    /// the cost is linear in the pool with a tiny constant (no sort, no selection over it).
     fn build_shortlist(&mut self, endpoints: &[EndpointView]) {
         let k = self.config.shortlist.max(1);
         self.shortlist.clear();
-        let scores = &mut self.load.scores;
+        let scores = &self.load.scores;
         if scores.len() <= k {
             self.shortlist.extend(scores.iter().map(|s| s.1));
             return;
         }
         let half = k.div_ceil(2);
-        scores.select_nth_unstable_by(half - 1, |a, b| b.0.total_cmp(&a.0));
-        self.shortlist.extend(scores[..half].iter().map(|s| s.1));
-        self.by_queue.clear();
-        self.by_queue
-            .extend(scores[half..].iter().map(|s| (endpoints[s.1].queue(), s.1)));
-        let rest = (k - half).min(self.by_queue.len());
-        if rest > 0 {
-            self.by_queue.select_nth_unstable(rest - 1);
-            self.shortlist
-                .extend(self.by_queue[..rest].iter().map(|q| q.1));
+        // Best by score, kept sorted descending.
+        let mut top: Vec<(f64, usize)> = Vec::with_capacity(half + 1);
+        for &(score, i) in scores {
+            if top.len() == half && top.last().is_some_and(|l| score <= l.0) {
+                continue;
+            }
+            let at = top.partition_point(|t| t.0 >= score);
+            top.insert(at, (score, i));
+            top.truncate(half);
         }
+        self.shortlist.extend(top.iter().map(|t| t.1));
+        // Least loaded among the others, kept sorted ascending by queue.
+        let rest = k - half;
+        self.by_queue.clear();
+        for &(_, i) in scores {
+            let q = endpoints[i].queue();
+            if self.by_queue.len() == rest && self.by_queue.last().is_some_and(|l| q >= l.0) {
+                continue;
+            }
+            if self.shortlist.contains(&i) {
+                continue;
+            }
+            let at = self.by_queue.partition_point(|t| t.0 <= q);
+            self.by_queue.insert(at, (q, i));
+            self.by_queue.truncate(rest);
+        }
+        self.shortlist.extend(self.by_queue.iter().map(|q| q.1));
     }
 
     fn cost(&self, req: &PickRequest<'_>, p: &Predicted) -> (f64, bool) {

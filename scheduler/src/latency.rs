@@ -81,13 +81,14 @@ impl LatencyModel for VariantPredictors {
         }
         let p = self.get(variant)?;
         let models = p.models();
-        let prior = models.physics.as_ref().map(|ph| ph.prior(f));
+        // The prior is only computed when it is the answer (it costs as much as a model).
+        let prior = || models.physics.as_ref().map(|ph| ph.prior(f));
         if models.is_ready() {
             let (ttft, tpot) = models.predict_at(f, None);
             let tpot = if models.tpot.is_some() {
                 Some(tpot)
             } else {
-                prior.map(|p| p.tpot_ms)
+                prior().map(|p| p.tpot_ms)
             };
             (ttft.is_finite() && ttft >= 0.0).then_some(Predicted {
                 ttft_ms: ttft,
@@ -95,7 +96,7 @@ impl LatencyModel for VariantPredictors {
                 learned: true,
             })
         } else {
-            prior.map(|p| Predicted {
+            prior().map(|p| Predicted {
                 ttft_ms: p.ttft_ms,
                 tpot_ms: Some(p.tpot_ms),
                 learned: false,

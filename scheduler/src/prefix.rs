@@ -83,6 +83,102 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
+/// Lists longer than this become bitsets: a system prompt sent everywhere is owned by the
+/// whole pool, and intersecting bitsets keeps a lookup at a few words per block.
+const LIST_MAX: usize = 64;
+
+/// The endpoints holding one block.
+#[derive(Debug, Clone)]
+enum Owners {
+    List(Vec<u32>),
+    Bits { words: Vec<u64>, count: usize },
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Owners::List(Vec::new())
+    }
+}
+
+impl Owners {
+    fn add(&mut self, e: u32) {
+        match self {
+            Owners::List(l) => {
+                l.push(e);
+                if l.len() > LIST_MAX {
+                    let mut words = Vec::new();
+                    for &x in l.iter() {
+                        set_bit(&mut words, x);
+                    }
+                    let count = l.len();
+                    *self = Owners::Bits { words, count };
+                }
+            }
+            Owners::Bits { words, count } => {
+                if !get_bit(words, e) {
+                    set_bit(words, e);
+                    *count += 1;
+                }
+            }
+        }
+    }
+
+    /// Removes `e`; true when nobody is left.
+    fn remove(&mut self, e: u32) -> bool {
+        match self {
+            Owners::List(l) => {
+                l.retain(|x| *x != e);
+                l.is_empty()
+            }
+            Owners::Bits { words, count } => {
+                if get_bit(words, e) {
+                    words[e as usize / 64] &= !(1u64 << (e % 64));
+                    *count -= 1;
+                }
+                *count == 0
+            }
+        }
+    }
+}
+
+/// Sets in `alive` the owners below `n`.
+fn fill(alive: &mut [u64], owners: &Owners, n: usize) {
+    match owners {
+        Owners::List(l) => {
+            for &e in l {
+                if (e as usize) < n {
+                    alive[e as usize / 64] |= 1u64 << (e % 64);
+                }
+            }
+        }
+        Owners::Bits { words, .. } => {
+            for (a, w) in alive.iter_mut().zip(words) {
+                *a = *w;
+            }
+            // Bits at or above `n` in the last word are not candidates.
+            if !n.is_multiple_of(64)
+                && let Some(last) = alive.get_mut(n / 64)
+            {
+                *last &= (1u64 << (n % 64)) - 1;
+            }
+        }
+    }
+}
+
+fn set_bit(words: &mut Vec<u64>, e: u32) {
+    let w = e as usize / 64;
+    if words.len() <= w {
+        words.resize(w + 1, 0);
+    }
+    words[w] |= 1u64 << (e % 64);
+}
+
+fn get_bit(words: &[u64], e: u32) -> bool {
+    words
+        .get(e as usize / 64)
+        .is_some_and(|w| w & (1u64 << (e % 64)) != 0)
+}
+
 #[derive(Debug, Default, Clone)]
 struct Lru {
     /// hash -> tick of its last use.
@@ -97,7 +193,9 @@ pub struct PrefixIndex {
     capacity: usize,
     tick: u64,
     endpoints: Vec<Lru>,
-    owners: IdMap<Vec<u32>>,
+    owners: IdMap<Owners>,
+    /// Scratch bitsets of [`PrefixIndex::matches`].
+    alive: std::cell::RefCell<(Vec<u64>, Vec<u64>)>,
 }
 
 impl Default for PrefixIndex {
@@ -114,6 +212,7 @@ impl PrefixIndex {
             tick: 0,
             endpoints: Vec::new(),
             owners: IdMap::default(),
+            alive: Default::default(),
         }
     }
 
@@ -121,21 +220,56 @@ impl PrefixIndex {
     /// holds (written into `out`, which is zeroed first).
     pub fn matches(&self, hashes: &[u64], out: &mut [u32]) {
         out.fill(0);
-        for (i, h) in hashes.iter().enumerate() {
-            let Some(owners) = self.owners.get(h) else {
-                return;
-            };
-            let mut advanced = false;
-            for &e in owners {
-                if let Some(m) = out.get_mut(e as usize)
-                    && *m as usize == i
-                {
-                    *m += 1;
-                    advanced = true;
+        let n = out.len();
+        let Some(first) = hashes.first().and_then(|h| self.owners.get(h)) else {
+            return;
+        };
+        let words = n.div_ceil(64);
+        let mut scratch = self.alive.borrow_mut();
+        let (alive, next) = &mut *scratch;
+        alive.clear();
+        alive.resize(words, 0);
+        fill(alive, first, n);
+        let mut matched = 1u32;
+        for h in &hashes[1..] {
+            next.clear();
+            next.resize(words, 0);
+            match self.owners.get(h) {
+                None => {}
+                Some(Owners::List(l)) => {
+                    for &e in l {
+                        if get_bit(alive, e) {
+                            next[e as usize / 64] |= 1u64 << (e % 64);
+                        }
+                    }
+                }
+                Some(Owners::Bits { words: b, .. }) => {
+                    for (i, w) in next.iter_mut().enumerate() {
+                        *w = alive[i] & b.get(i).copied().unwrap_or(0);
+                    }
                 }
             }
-            if !advanced {
+            // Endpoints that held the blocks so far but not this one stop here.
+            for (i, (a, x)) in alive.iter().zip(next.iter()).enumerate() {
+                let mut dropped = a & !x;
+                while dropped != 0 {
+                    let e = i * 64 + dropped.trailing_zeros() as usize;
+                    out[e] = matched;
+                    dropped &= dropped - 1;
+                }
+            }
+            std::mem::swap(alive, next);
+            if alive.iter().all(|w| *w == 0) {
                 return;
+            }
+            matched += 1;
+        }
+        for (i, a) in alive.iter().enumerate() {
+            let mut left = *a;
+            while left != 0 {
+                let e = i * 64 + left.trailing_zeros() as usize;
+                out[e] = matched;
+                left &= left - 1;
             }
         }
     }
@@ -163,7 +297,7 @@ impl PrefixIndex {
             self.tick += 1;
             let lru = &mut self.endpoints[slot];
             if lru.last_use.insert(*h, self.tick).is_none() {
-                self.owners.entry(*h).or_default().push(slot32);
+                self.owners.entry(*h).or_default().add(slot32);
             }
             lru.order.push_back((*h, self.tick));
         }
@@ -183,11 +317,10 @@ impl PrefixIndex {
             };
             if lru.last_use.get(&h) == Some(&t) {
                 lru.last_use.remove(&h);
-                if let Some(o) = self.owners.get_mut(&h) {
-                    o.retain(|e| *e as usize != slot);
-                    if o.is_empty() {
-                        self.owners.remove(&h);
-                    }
+                if let Some(o) = self.owners.get_mut(&h)
+                    && o.remove(slot as u32)
+                {
+                    self.owners.remove(&h);
                 }
             }
         }
@@ -200,11 +333,10 @@ impl PrefixIndex {
         };
         let lru = std::mem::take(lru);
         for h in lru.last_use.keys() {
-            if let Some(o) = self.owners.get_mut(h) {
-                o.retain(|e| *e as usize != slot);
-                if o.is_empty() {
-                    self.owners.remove(h);
-                }
+            if let Some(o) = self.owners.get_mut(h)
+                && o.remove(slot as u32)
+            {
+                self.owners.remove(h);
             }
         }
     }
@@ -277,10 +409,33 @@ mod tests {
         assert_eq!(out, [0], "evicted blocks leave the reverse map");
     }
 
+    #[test]
+    fn a_block_held_by_the_whole_pool_uses_a_bitset() {
+        let mut idx = PrefixIndex::new(10);
+        let mut h = Vec::new();
+        chain_ids(&[1, 2, 3], &mut h);
+        for slot in 0..200 {
+            idx.record(slot, &h[..1 + slot % 3]);
+        }
+        assert!(matches!(
+            idx.owners.get(&h[0]),
+            Some(Owners::Bits { count: 200, .. })
+        ));
+        let mut out = vec![0u32; 150];
+        idx.matches(&h, &mut out);
+        for (slot, m) in out.iter().enumerate() {
+            assert_eq!(*m as usize, 1 + slot % 3, "slot {slot}");
+        }
+        for slot in 0..200 {
+            idx.forget(slot);
+        }
+        assert!(idx.is_empty());
+    }
+
     proptest! {
         #[test]
         fn matches_agree_with_per_endpoint_lookup(
-            records in proptest::collection::vec((0usize..5, proptest::collection::vec(0u64..6, 0..6)), 0..30),
+            records in proptest::collection::vec((0usize..140, proptest::collection::vec(0u64..4, 0..6)), 0..400),
             query in proptest::collection::vec(0u64..6, 0..6),
             cap in 1usize..8,
         ) {
@@ -292,7 +447,7 @@ mod tests {
                 prop_assert!(idx.len(*slot) <= cap);
             }
             chain_ids(&query, &mut h);
-            let mut out = [0u32; 5];
+            let mut out = [0u32; 130];
             idx.matches(&h, &mut out);
             for (slot, m) in out.iter().enumerate() {
                 prop_assert_eq!(*m as usize, idx.matched_blocks(slot, &h));

@@ -13,6 +13,7 @@
 //! Endpoints come from a static list or a file (re-read at start only); Kubernetes discovery
 //! by label selector or InferencePool is not implemented yet.
 
+pub mod envoy;
 pub mod extproc;
 pub mod pool;
 pub mod scrape;

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! bash scripts/tools.sh   # Envoy 1.40
-//! cargo run --release -p goodput-scheduler --features server --example envoy_throughput -- [CLIENTS] [PHASE_S] [ROUNDS]
+//! cargo run --release -p goodput-scheduler --features server --example envoy_throughput -- [CLIENTS] [PHASE_S] [ROUNDS] [no-predictor] [request-only]
 //! ```
 //! The servers are `goodput sim serve` replicas (H100, time scale 1000, so the engine model
 //! costs nothing and the HTTP path is what is measured); requests are streamed completions of
@@ -83,6 +83,15 @@ async fn main() -> anyhow::Result<()> {
     let clients: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
+    // `no-predictor`: the picker without its predictor; `request-only`: the ext_proc filter
+    // sees request headers and body and response headers, not the response body.
+    let flag = |f: &str| args.iter().skip(4).any(|a| a == f);
+    let predictions = !flag("no-predictor");
+    let mode = if flag("request-only") {
+        BodyMode::RequestOnly
+    } else {
+        BodyMode::FullDuplex
+    };
 
     let cfg = ServerConfig {
         time_scale: 1000.0,
@@ -97,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         .join(",");
     let config = ServeConfig {
         endpoints: EndpointSource::List(list),
+        predictions,
         ..Default::default()
     };
     let running = build(&config)?;
@@ -115,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         &bin,
         &Upstream::Picker {
             ext_proc_port,
-            mode: BodyMode::FullDuplex,
+            mode,
         },
     )
     .await

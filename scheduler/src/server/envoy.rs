@@ -16,6 +16,9 @@ pub enum BodyMode {
     FullDuplex,
     /// Request body BUFFERED, response body not sent.
     Buffered,
+    /// Request body FULL_DUPLEX_STREAMED, response headers only: routing and in-flight
+    /// tracking without the per-chunk round trips of the response (no TTFT/TPOT feedback).
+    RequestOnly,
 }
 
 /// What Envoy routes to.
@@ -61,6 +64,9 @@ pub fn bootstrap(listen: u16, admin: u16, upstream: &Upstream) -> String {
                 }
                 BodyMode::Buffered => {
                     "request_header_mode: SEND\n                response_header_mode: SEND\n                request_body_mode: BUFFERED\n                response_body_mode: NONE\n                request_trailer_mode: SKIP\n                response_trailer_mode: SKIP"
+                }
+                BodyMode::RequestOnly => {
+                    "request_header_mode: SEND\n                response_header_mode: SEND\n                request_body_mode: FULL_DUPLEX_STREAMED\n                response_body_mode: NONE\n                request_trailer_mode: SEND\n                response_trailer_mode: SKIP"
                 }
             };
             let ext_proc = format!(

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use goodput_predictor::{Features, Predictor, Sample};
+use goodput_predictor::features::prior_index;
+use goodput_predictor::{Features, Predictor, Sample, Target};
 
 /// Predicted latencies of one request on one endpoint, ms.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -39,12 +40,23 @@ impl LatencyModel for NoPredictions {
 }
 
 /// One in-process [`Predictor`] per variant (None for a variant without one).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VariantPredictors {
     predictors: Vec<Option<Arc<Predictor>>>,
     /// Set when the predictor must not be used (e.g. it failed or was switched off): the
     /// picker then runs on its load-based fallback.
     disabled: AtomicBool,
+    /// Largest factor a learned prediction may differ from the physics prior (≤ 1: unbounded).
+    pub max_correction: f64,
+}
+
+/// Default of [`VariantPredictors::max_correction`].
+pub const DEFAULT_MAX_CORRECTION: f64 = 4.0;
+
+impl Default for VariantPredictors {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl VariantPredictors {
@@ -52,6 +64,7 @@ impl VariantPredictors {
         Self {
             predictors,
             disabled: AtomicBool::new(false),
+            max_correction: DEFAULT_MAX_CORRECTION,
         }
     }
 
@@ -81,14 +94,29 @@ impl LatencyModel for VariantPredictors {
         }
         let p = self.get(variant)?;
         let models = p.models();
-        // The prior is only computed when it is the answer (it costs as much as a model).
-        let prior = || models.physics.as_ref().map(|ph| ph.prior(f));
+        // One encoding for both targets; the physics priors are its last features.
+        let x = models.vector(f);
+        let prior = |t: Target| {
+            let v = x[prior_index(t)];
+            (models.physics.is_some() && v.is_finite() && v > 0.0).then_some(v)
+        };
+        // A learned correction stays within `max_correction` of the physics prior: a model
+        // fitted on the traffic its own picks produced has not seen the loads it did not send,
+        // and must not extrapolate an endpoint into looking idle (docs/benchmarks.md).
+        let bound = |t: Target, learned: f64| match prior(t) {
+            Some(pr) if self.max_correction > 1.0 => {
+                learned.clamp(pr / self.max_correction, pr * self.max_correction)
+            }
+            _ => learned,
+        };
         if models.is_ready() {
-            let (ttft, tpot) = models.predict_at(f, None);
-            let tpot = if models.tpot.is_some() {
-                Some(tpot)
-            } else {
-                prior().map(|p| p.tpot_ms)
+            let ttft = models
+                .ttft
+                .as_ref()
+                .map(|m| bound(Target::Ttft, m.point(&x)))?;
+            let tpot = match &models.tpot {
+                Some(m) => Some(bound(Target::Tpot, m.point(&x))),
+                None => prior(Target::Tpot),
             };
             (ttft.is_finite() && ttft >= 0.0).then_some(Predicted {
                 ttft_ms: ttft,
@@ -96,9 +124,9 @@ impl LatencyModel for VariantPredictors {
                 learned: true,
             })
         } else {
-            prior().map(|p| Predicted {
-                ttft_ms: p.ttft_ms,
-                tpot_ms: Some(p.tpot_ms),
+            Some(Predicted {
+                ttft_ms: prior(Target::Ttft)?,
+                tpot_ms: prior(Target::Tpot),
                 learned: false,
             })
         }
@@ -150,5 +178,54 @@ mod tests {
         m.set_disabled(true);
         assert!(m.predict(0, &idle).is_none());
         assert!(NoPredictions.predict(0, &idle).is_none());
+    }
+
+    #[test]
+    fn learned_predictions_stay_within_the_bound_of_the_prior() {
+        let ph = physics();
+        let p = Arc::new(Predictor::new(PredictorConfig {
+            physics: Some(ph),
+            ..Default::default()
+        }));
+        // Measurements 100x the physics: the model learns it, the bound caps it at 4x.
+        let samples: Vec<Sample> = (0..2000u32)
+            .map(|i| {
+                let f = Features {
+                    input_token_length: 50 + (i * 37) % 3000,
+                    num_request_running: i % 40,
+                    num_request_waiting: i % 3,
+                    kv_cache_percentage: f64::from(i % 90) / 100.0,
+                    ..Default::default()
+                };
+                let prior = ph.prior(&f);
+                Sample {
+                    features: f,
+                    ttft_ms: Some(prior.ttft_ms * 100.0),
+                    tpot_ms: Some(prior.tpot_ms * 100.0),
+                }
+            })
+            .collect();
+        p.add_samples(&samples, 0.0);
+        p.retrain(goodput_predictor::RetrainReason::Manual, 1.0);
+        assert!(p.models().is_ready());
+        let f = Features {
+            input_token_length: 1000,
+            num_request_running: 10,
+            ..Default::default()
+        };
+        let prior = ph.prior(&f);
+        let mut m = VariantPredictors::new(vec![Some(p)]);
+        let got = m.predict(0, &f).unwrap();
+        assert!(got.learned);
+        assert!(
+            (got.ttft_ms - 4.0 * prior.ttft_ms).abs() < 1e-6 * prior.ttft_ms,
+            "{got:?} vs {prior:?}"
+        );
+        m.max_correction = 0.0;
+        let free = m.predict(0, &f).unwrap();
+        assert!(
+            free.ttft_ms > 20.0 * prior.ttft_ms,
+            "unbounded: {free:?} vs {prior:?}"
+        );
     }
 }

@@ -292,14 +292,16 @@ async fn envoy_routes_every_request_to_the_picked_endpoint_with_streams_intact()
     for a in &addrs {
         served_counts.push(served(*a).await);
     }
+    eprintln!("dispatched per endpoint (h100, h100, l40s): {dispatched:?}");
     assert_eq!(dispatched.iter().sum::<u64>(), 41);
     assert_eq!(
         dispatched, served_counts,
         "scheduler picks vs servers' own counts"
     );
+    // Round-robin would split 14/14/13; the picker's predictions see the L40S as ~3x slower.
     assert!(
-        dispatched[0] + dispatched[1] > dispatched[2],
-        "the faster H100s take more than the L40S: {dispatched:?}"
+        dispatched[0] > 2 * dispatched[2] && dispatched[1] > 2 * dispatched[2],
+        "each faster H100 takes more than twice the L40S's share: {dispatched:?}"
     );
     assert_eq!(
         sched.in_flight(),

@@ -321,7 +321,16 @@ pub async fn serve_running(
     let scraper = tokio::spawn(scrape_loop(Arc::clone(&running.shared), scrape_interval));
     let metrics_task =
         metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&running.registry))));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    // ext_proc messages are small and latency-bound: no Nagle delay on Envoy's connections.
+    let incoming = futures::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(grpc),
+        |conn| {
+            conn.and_then(|s| {
+                s.set_nodelay(true)?;
+                Ok(s)
+            })
+        },
+    );
     let result = tonic::transport::Server::builder()
         .add_service(ExternalProcessorServer::new(ExtProc::new(Arc::clone(
             &running.shared,

@@ -1,6 +1,6 @@
 //! The `goodput scheduler serve` command line as operators start it: bad endpoint lists fail
 //! with one line naming the entry, and a started scheduler serves its Prometheus metrics with the
-//! contract's names (the Envoy path itself is tested in `scheduler/tests/envoy.rs`).
+//! contract's names and the probes the chart uses (`/healthz`, `/readyz`) (the Envoy path itself is tested in `scheduler/tests/envoy.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,7 +40,12 @@ fn bad_endpoint_lists_fail_with_one_line_naming_the_entry() {
     let o = goodput().args(["scheduler", "serve"]).output().unwrap();
     assert!(!o.status.success(), "an endpoint source is required");
     let o = goodput()
-        .args(["scheduler", "serve", "--endpoints-file", "/nonexistent/pool.txt"])
+        .args([
+            "scheduler",
+            "serve",
+            "--endpoints-file",
+            "/nonexistent/pool.txt",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -77,8 +82,23 @@ fn serve_exposes_the_scheduler_metrics() {
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     };
+    let get = |path: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut t = String::new();
+        s.read_to_string(&mut t).unwrap();
+        t
+    };
+    let healthz = get("/healthz");
+    let readyz = get("/readyz");
     let _ = child.kill();
     let _ = child.wait();
+    assert!(healthz.starts_with("HTTP/1.0 200"), "{healthz}");
+    assert!(
+        readyz.starts_with("HTTP/1.0 503"),
+        "no endpoint ready: {readyz}"
+    );
     for name in [
         "goodput_scheduler_picks_total{outcome=\"no_endpoint\"} 0",
         "goodput_scheduler_pick_duration_seconds_bucket",

@@ -308,6 +308,10 @@ async fn envoy_routes_every_request_to_the_picked_endpoint_with_streams_intact()
         vec![0, 0, 0],
         "every request left flight"
     );
+    for probe in ["healthz", "readyz"] {
+        let url = sched.metrics_url.replace("metrics", probe);
+        assert_eq!(reqwest::get(&url).await.unwrap().status(), 200, "{url}");
+    }
     assert!(
         sched
             .metric("goodput_scheduler_picks_total{outcome=\"scored\"}")
@@ -448,6 +452,12 @@ async fn reliability_malformed_bodies_shedding_predictor_down_and_no_endpoint() 
             .metric("goodput_scheduler_picks_total{outcome=\"no_endpoint\"}")
             .await
             >= 1.0
+    );
+    let readyz = sched.metrics_url.replace("metrics", "readyz");
+    assert_eq!(
+        reqwest::get(&readyz).await.unwrap().status(),
+        503,
+        "no endpoint ready"
     );
     assert!(
         sched

@@ -266,36 +266,59 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Pool> {
     }
 }
 
-/// Serves `/metrics` on `listener`.
+/// Serves `/metrics`, `/healthz` (200 while the process serves) and `/readyz` (200 when at
+/// least one endpoint is ready, else 503: the pod should not get traffic it can only answer
+/// with 503) on `listener`.
 pub async fn serve_metrics(
     listener: TcpListener,
     registry: Arc<Registry>,
+    shared: Arc<Shared>,
 ) -> Result<(), std::io::Error> {
+    use axum::http::StatusCode;
     use axum::http::header::CONTENT_TYPE;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = Arc::clone(&registry);
-            async move {
-                let mut text = String::new();
-                if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-                    return (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        [(CONTENT_TYPE, "text/plain")],
-                        String::from("encoding failed"),
-                    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let mut text = String::new();
+                    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+                        return (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(CONTENT_TYPE, "text/plain")],
+                            String::from("encoding failed"),
+                        );
+                    }
+                    (
+                        StatusCode::OK,
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
                 }
-                (
-                    axum::http::StatusCode::OK,
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    text,
-                )
-            }
-        }),
-    );
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let shared = Arc::clone(&shared);
+                async move {
+                    let (ready, _, _) = lock(&shared).health_counts(Instant::now());
+                    if ready > 0 {
+                        (StatusCode::OK, format!("{ready} endpoints ready"))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no endpoint ready".to_string(),
+                        )
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app).await
 }
 
@@ -319,8 +342,13 @@ pub async fn serve_running(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let scraper = tokio::spawn(scrape_loop(Arc::clone(&running.shared), scrape_interval));
-    let metrics_task =
-        metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&running.registry))));
+    let metrics_task = metrics.map(|l| {
+        tokio::spawn(serve_metrics(
+            l,
+            Arc::clone(&running.registry),
+            Arc::clone(&running.shared),
+        ))
+    });
     // ext_proc messages are small and latency-bound: no Nagle delay on Envoy's connections.
     let incoming = futures::StreamExt::map(
         tokio_stream::wrappers::TcpListenerStream::new(grpc),

@@ -5,7 +5,8 @@
 #
 #   bash scripts/check-deploy.sh           all of it; the live test needs the goodput binary
 #   bash scripts/check-deploy.sh static    everything but the live-stack test (no binary needed)
-#   bash scripts/check-deploy.sh live      the live-stack test only
+#   bash scripts/check-deploy.sh live      the checks that run the binary: the CLI reference and
+#                                          the live-stack test
 #
 # Tools: promtool/prometheus (Debian package `prometheus`), and from scripts/tools.sh
 # (.tools/venv, or $GOODPUT_TOOLS): python with helm-sdkpy, kubernetes-validate, pyyaml, and
@@ -61,6 +62,9 @@ PY
 fi
 
 if [ "$what" = all ] || [ "$what" = live ]; then
+  echo "==> docs: docs/reference/cli.md against the binary's --help"
+  "$tools/python" scripts/deploy/cli_reference.py --check
+
   echo "==> dashboards: live-stack test"
   "$tools/python" scripts/deploy/live_dashboards.py
 fi

@@ -75,7 +75,8 @@ VALUE_SETS = {
         "dashboards": {"namespace": "monitoring"},
         "autoscaling": {"mode": "keda", "variants": VARIANTS},
     },
-    "podmonitors": {"monitoring": {"podMonitor": {"enabled": True}}, "predictor": {"enabled": True}},
+    "podmonitors": {"monitoring": {"podMonitor": {"enabled": True}}, "predictor": {"enabled": True},
+                    "controller": {"leaderElection": {"enabled": False}}},
 }
 # Values values.schema.json must refuse.
 BAD_VALUE_SETS = {
@@ -343,7 +344,7 @@ def main():
                   "hpa": {"HorizontalPodAutoscaler": 2}, "keda": {"ScaledObject": 2},
                   "everything": {"ServiceMonitor": 3, "PodMonitor": 1, "PrometheusRule": 1,
                                  "ScaledObject": 2, "RoleBinding": 3},
-                  "podmonitors": {"PodMonitor": 3}}
+                  "podmonitors": {"PodMonitor": 3, "Role": 1}}
         for name, want in expect.items():
             got = {}
             for o in rendered.get(name, []):

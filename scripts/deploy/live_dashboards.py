@@ -9,9 +9,12 @@ What it starts (all real processes on loopback, ephemeral ports, a temporary dir
     would label it (namespace, pod, variant), driven by `goodput sim load` (open-loop Poisson load);
   - component "predictor": `goodput predictor serve`, fed training rows and bulk predictions by
     this script as a scheduler would;
-  - components "scheduler" and "advise": `goodput scheduler serve` behind Envoy and
-    `goodput autoscaler advise --serve` -- NOT YET STARTED: those commands are being built on
-    other branches (issues 6 and 7). Their start functions below fail loudly if enabled;
+  - component "advise": `goodput autoscaler advise --prometheus (this Prometheus) --config
+    (llama-3.1-8b, variants h100 and l40s) --serve PORT` -- written against the controller
+    branch's flags (issue 7) and OFF by default until that branch is merged: then add it to
+    DEFAULT_COMPONENTS;
+  - component "scheduler": `goodput scheduler serve` behind Envoy -- NOT WIRED: the command is
+    being built on another branch (issue 6); start_scheduler fails loudly if enabled;
   - component "controller": the Kubernetes controller's own series (goodput_reconcile_*,
     goodput_pool_*) need a Kubernetes API server and are never live here; the controller's tests
     (an in-process imitation of the API server) cover them.
@@ -193,11 +196,38 @@ class Stack:
              "vLLM URLs as endpoints, Envoy 1.40 from $GOODPUT_TOOLS/envoy in front, load sent "
              "through Envoy) and a scrape target with job 'scheduler'")
 
-    def start_advise(self):
-        fail("component 'advise' is enabled but `goodput autoscaler advise --serve` is not wired "
-             "into this test yet (issue 7): add its start here (--prometheus this Prometheus, a "
-             "config naming model llama-3.1-8b in namespace goodput-live with variants h100 and "
-             "l40s) and a scrape target with job 'advise'")
+    def prepare_advise(self):
+        """Port and scrape target of `goodput autoscaler advise --serve`, which needs Prometheus
+        up before it starts (spawn_advise)."""
+        self.advise_port = free_port()
+        self.targets.append(("advise", self.advise_port, {}))
+
+    def spawn_advise(self):
+        """`goodput autoscaler advise` (issue 7) with a ModelAutoscaler spec for the simulated
+        fleet: model llama-3.1-8b in namespace goodput-live, variants h100 and l40s."""
+        config = {
+            "name": "llama", "namespace": NAMESPACE,
+            "spec": {
+                "model": MODEL,
+                "slo": {"ttft": {"targetMs": 1000, "percentile": 95},
+                        "itl": {"targetMs": 60, "percentile": 95}},
+                "variants": [
+                    {"name": "h100", "pool": "h100", "minReplicas": 1, "maxReplicas": 8,
+                     "scaleTargetRef": {"kind": "Deployment", "name": "llama-h100"}},
+                    {"name": "l40s", "pool": "l40s", "minReplicas": 0, "maxReplicas": 8,
+                     "scaleTargetRef": {"kind": "Deployment", "name": "llama-l40s"}}],
+                "policy": {"intervalSeconds": 5},
+                "metrics": {"window": "15s", "matchers": {"namespace": NAMESPACE}}},
+            "pools": {"h100": {"acceleratorType": "h100", "devices": 8},
+                      "l40s": {"acceleratorType": "l40s", "devices": 8}},
+        }
+        path = self.tmp / "advise.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        self.spawn("advise", [self.goodput, "autoscaler", "advise", "--prometheus", self.prom,
+                              "--config", str(path), "--serve", str(self.advise_port),
+                              "--interval", "2"])
+        wait_http(f"http://127.0.0.1:{self.advise_port}/healthz", "goodput autoscaler advise",
+                  procs=self.procs)
 
     def start_prometheus(self):
         port = free_port()
@@ -318,8 +348,10 @@ def main():
         if "scheduler" in components:
             stack.start_scheduler()
         if "advise" in components:
-            stack.start_advise()
+            stack.prepare_advise()
         stack.start_prometheus()
+        if "advise" in components:
+            stack.spawn_advise()
         if "vllm" in components:
             stack.start_vllm_load()
 

@@ -49,7 +49,8 @@ def query_var(name, label, query):
         "type": "query",
         "datasource": DS,
         "definition": query,
-        "query": {"query": query, "refId": f"{name}-var", "qryType": 1},
+        # The plain-string form: every Grafana version reads it (newer ones migrate it).
+        "query": query,
         "refresh": 2,
         "includeAll": True,
         "allValue": ".*",

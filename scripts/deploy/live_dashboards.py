@@ -284,9 +284,10 @@ def dashboard_queries(path):
             variables[v["name"]] = v["current"]["value"]
     for v in d["templating"]["list"]:
         if v["type"] == "query":
-            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"]["query"], re.S)
+            query = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query, re.S)
             if not m:
-                fail(f"{path.name}: variable {v['name']}: unsupported query {v['query']['query']}")
+                fail(f"{path.name}: variable {v['name']}: unsupported query {query}")
             expr = f"count by ({m.group(2)}) ({substitute(m.group(1), variables)})"
             out.append((f"{path.name} variable ${v['name']}", expr, "variable"))
     for p in d["panels"]:

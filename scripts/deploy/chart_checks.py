@@ -62,13 +62,16 @@ VARIANTS = [
 VALUE_SETS = {
     "defaults": {},
     "predictor": {"predictor": {"enabled": True, "model": "llama-3.1-8b", "accelerator": "h100"}},
+    "scheduler": {"scheduler": {"enabled": True, "endpoints": [
+        "llama-h100-0.llama-h100.llm.svc:8000 accelerator=h100",
+        "llama-h100-1.llama-h100.llm.svc:8000 accelerator=h100 role=unified tp=1"]}},
     "hpa": {"autoscaling": {"mode": "hpa", "variants": VARIANTS}},
     "keda": {"autoscaling": {"mode": "keda", "variants": VARIANTS}},
     "everything": {
         "predictor": {"enabled": True},
         "controller": {"watchNamespace": "llm", "wvaMetrics": True, "replicas": 2,
                        "kedaExternalScaler": {"enabled": True}},
-        "scheduler": {"endpointSelector": {"matchLabels": {"app": "vllm", "model": "llama"}}},
+        "scheduler": {"enabled": True, "endpoints": ["10.0.0.7:8000"], "picker": "least-requests"},
         "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
                        "vllmPodMonitor": {"enabled": True}},
         "prometheusRule": {"enabled": True, "slo": {"ttftBucket": "0.5", "tpotBucket": "0.05"}},
@@ -78,11 +81,15 @@ VALUE_SETS = {
     "podmonitors": {"monitoring": {"podMonitor": {"enabled": True}}, "predictor": {"enabled": True},
                     "controller": {"leaderElection": {"enabled": False}}},
 }
-# Values values.schema.json must refuse.
+# Values the chart must refuse (values.schema.json, or a template's fail with this message).
+REFUSED_BY_TEMPLATE = {
+    "scheduler without endpoints": ({"scheduler": {"enabled": True}}, "scheduler.enabled needs scheduler.endpoints"),
+}
 BAD_VALUE_SETS = {
     "unknown mode": {"autoscaling": {"mode": "vpa"}},
     "unknown key": {"controller": {"replica": 2}},
     "TTFT threshold off vLLM's buckets": {"prometheusRule": {"slo": {"ttftBucket": "2.0"}}},
+    "scheduler endpoint without a port": {"scheduler": {"enabled": True, "endpoints": ["llama-0"]}},
     "variant without scaleTargetRef": {"autoscaling": {"mode": "hpa", "variants": [
         {"model": "m", "variant": "v", "maxReplicas": 2}]}},
 }
@@ -339,12 +346,13 @@ def main():
             print(f"  {len(objs)} objects validated: "
                   + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
         # What each set must render.
-        expect = {"defaults": {"CustomResourceDefinition": 2, "Deployment": 2, "ConfigMap": 4},
-                  "predictor": {"Deployment": 3},
+        expect = {"defaults": {"CustomResourceDefinition": 2, "Deployment": 1, "ConfigMap": 4},
+                  "predictor": {"Deployment": 2},
+                  "scheduler": {"Deployment": 2, "ConfigMap": 5, "Role": 1},
                   "hpa": {"HorizontalPodAutoscaler": 2}, "keda": {"ScaledObject": 2},
                   "everything": {"ServiceMonitor": 3, "PodMonitor": 1, "PrometheusRule": 1,
-                                 "ScaledObject": 2, "RoleBinding": 3},
-                  "podmonitors": {"PodMonitor": 3, "Role": 1}}
+                                 "ScaledObject": 2, "RoleBinding": 2, "Deployment": 3},
+                  "podmonitors": {"PodMonitor": 2, "Role": 0}}
         for name, want in expect.items():
             got = {}
             for o in rendered.get(name, []):
@@ -364,6 +372,14 @@ def main():
                 fail(f"values '{name}' were accepted")
             except Exception as e:
                 if "schema" not in str(e):
+                    fail(f"values '{name}' failed for another reason: {e}")
+        for name, (values, message) in REFUSED_BY_TEMPLATE.items():
+            print(f"chart-checks: values refused: {name}")
+            try:
+                install(values, tmp)
+                fail(f"values '{name}' were accepted")
+            except Exception as e:
+                if message not in str(e):
                     fail(f"values '{name}' failed for another reason: {e}")
         check_binary(rendered)
     finally:

@@ -90,11 +90,3 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- end }}
 
-{{/* A label selector string k1=v1,k2=v2 from a map, keys sorted. */}}
-{{- define "goodput.selectorString" -}}
-{{- $parts := list }}
-{{- range $k, $val := . }}
-{{- $parts = append $parts (printf "%s=%s" $k $val) }}
-{{- end }}
-{{- join "," $parts }}
-{{- end }}

@@ -13,8 +13,10 @@ What it starts (all real processes on loopback, ephemeral ports, a temporary dir
     (llama-3.1-8b, variants h100 and l40s) --serve PORT` -- written against the controller
     branch's flags (issue 7) and OFF by default until that branch is merged: then add it to
     DEFAULT_COMPONENTS;
-  - component "scheduler": `goodput scheduler serve` behind Envoy -- NOT WIRED: the command is
-    being built on another branch (issue 6); start_scheduler fails loudly if enabled;
+  - component "scheduler": `goodput scheduler serve` over the simulated servers behind a real
+    Envoy 1.40 ($GOODPUT_TOOLS/envoy, docs/guides/examples/envoy-ext-proc.yaml), with load and
+    SLO-tagged requests sent through Envoy -- written against the scheduler branch's flags
+    (issue 6) and OFF by default until that branch is merged: then add it to DEFAULT_COMPONENTS;
   - component "controller": the Kubernetes controller's own series (goodput_reconcile_*,
     goodput_pool_*) need a Kubernetes API server and are never live here; the controller's tests
     (an in-process imitation of the API server) cover them.
@@ -134,7 +136,7 @@ class Stack:
     # -- components -------------------------------------------------------------------------
 
     def start_vllm(self):
-        self.vllm_urls = []
+        self.vllm_urls, self.vllm_accels = [], []
         for variant, accel, replicas in [("h100", "h100", 2), ("l40s", "l40s", 1)]:
             base = free_port()
             while any(free_port_taken(base + i) for i in range(replicas)):
@@ -145,6 +147,7 @@ class Stack:
             for i in range(replicas):
                 port = base + i
                 self.vllm_urls.append(f"http://127.0.0.1:{port}")
+                self.vllm_accels.append(accel)
                 self.targets.append(("vllm", port, {
                     "namespace": NAMESPACE, "pod": f"{MODEL}-{variant}-{i}", "variant": variant}))
         for url in self.vllm_urls:
@@ -191,10 +194,53 @@ class Stack:
                 raise
 
     def start_scheduler(self):
-        fail("component 'scheduler' is enabled but `goodput scheduler serve` behind Envoy is not "
-             "wired into this test yet (issue 6): add its start here (scheduler serve with the "
-             "vLLM URLs as endpoints, Envoy 1.40 from $GOODPUT_TOOLS/envoy in front, load sent "
-             "through Envoy) and a scrape target with job 'scheduler'")
+        """`goodput scheduler serve` (issue 6) over the simulated servers, behind a real Envoy
+        (docs/guides/examples/envoy-ext-proc.yaml with this run's ports)."""
+        grpc, metrics, listener = free_port(), free_port(), free_port()
+        endpoints = ",".join(
+            f"{url.removeprefix('http://')} accelerator={accel}"
+            for url, accel in zip(self.vllm_urls, self.vllm_accels))
+        self.spawn("scheduler", [self.goodput, "scheduler", "serve", "--host", "127.0.0.1",
+                                 "--port", str(grpc), "--metrics-port", str(metrics),
+                                 "--endpoints", endpoints, "--model", MODEL])
+        self.targets.append(("scheduler", metrics, {"namespace": NAMESPACE}))
+        wait_http(f"http://127.0.0.1:{metrics}/metrics", "goodput scheduler serve", procs=self.procs)
+        envoy = Path(os.environ.get("GOODPUT_TOOLS", ROOT / ".tools" / "venv" / "bin")) / "envoy"
+        if not os.access(envoy, os.X_OK):
+            fail(f"{envoy} is missing: run scripts/tools.sh")
+        cfg = (ROOT / "docs" / "guides" / "examples" / "envoy-ext-proc.yaml").read_text()
+        cfg = cfg.replace("port_value: 8081", f"port_value: {listener}").replace(
+            "port_value: 9002", f"port_value: {grpc}").replace("address: 0.0.0.0", "address: 127.0.0.1")
+        (self.tmp / "envoy.yaml").write_text(cfg)
+        self.spawn("envoy", [str(envoy), "-c", str(self.tmp / "envoy.yaml"), "--disable-hot-restart",
+                             "--concurrency", "1", "--log-level", "warn"])
+        self.envoy_url = f"http://127.0.0.1:{listener}"
+        deadline = time.time() + 30
+        while not port_open(listener):
+            if time.time() > deadline:
+                fail("Envoy did not listen within 30 s")
+            time.sleep(0.2)
+
+    def start_scheduler_load(self):
+        # The scheduler, like llm-d's EPP, needs `model` in the body (vLLM itself does not).
+        self.spawn("sim-load-envoy", [self.goodput, "sim", "load", "--url", self.envoy_url,
+                                      "--model", MODEL, "--rate", "4", "--duration", "600",
+                                      "--lengths", "sharegpt", "--timeout-s", "60", "--seed", "3"])
+
+    def feed_scheduler(self):
+        """Requests carrying SLO headers through Envoy (the load generator sends none): the
+        scheduler's headroom and violation series need them."""
+        for ttft, tpot in [("500", "50"), ("2000", "100"), ("1", "1")]:
+            req = urllib.request.Request(
+                self.envoy_url + "/v1/completions",
+                data=json.dumps({"model": MODEL, "prompt": "hello " * 64, "max_tokens": 8,
+                                 "stream": True}).encode(),
+                headers={"content-type": "application/json", "x-slo-ttft-ms": ttft,
+                         "x-slo-tpot-ms": tpot})
+            try:
+                urllib.request.urlopen(req, timeout=30).read()
+            except urllib.error.HTTPError:
+                pass  # shed or refused requests are counted by the scheduler too
 
     def prepare_advise(self):
         """Port and scrape target of `goodput autoscaler advise --serve`, which needs Prometheus
@@ -253,6 +299,12 @@ class Stack:
         except urllib.error.HTTPError as e:
             return None, json.loads(e.read()).get("error", str(e))
         return body["data"]["result"], None
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_port_taken(port):
@@ -321,6 +373,8 @@ def main():
             fail(f"unknown component {c!r} in GOODPUT_LIVE_COMPONENTS (known: {', '.join(ALL_COMPONENTS)})")
     if "controller" in components:
         fail("component 'controller' needs a Kubernetes API server and cannot run here")
+    if "scheduler" in components and "vllm" not in components:
+        fail("component 'scheduler' needs component 'vllm' (its endpoints)")
     strict = os.environ.get("GOODPUT_LIVE_STRICT") == "1"
     timeout = float(os.environ.get("GOODPUT_LIVE_TIMEOUT_S", "120"))
 
@@ -355,6 +409,8 @@ def main():
             stack.spawn_advise()
         if "vllm" in components:
             stack.start_vllm_load()
+        if "scheduler" in components:
+            stack.start_scheduler_load()
 
         deadline = time.time() + timeout
         pending = list(required)
@@ -365,6 +421,8 @@ def main():
                     fail(f"{name} exited with {p.returncode}; log: {tmp / (name + '.log')}")
             if "predictor" in components:
                 stack.feed_predictor(rng)
+            if "scheduler" in components:
+                stack.feed_scheduler()
             still = []
             for what, expr in pending:
                 result, err = stack.query(expr)

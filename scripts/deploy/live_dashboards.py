@@ -167,6 +167,7 @@ class Stack:
                                  "--min-samples", "100"])
         self.predictor_url = f"http://127.0.0.1:{port}"
         self.targets.append(("predictor", port, {"namespace": NAMESPACE}))
+        # /healthz is both probes of the chart's predictor (/readyz waits for a fitted model).
         wait_http(self.predictor_url + "/healthz", "goodput predictor serve", procs=self.procs)
 
     def feed_predictor(self, rng, rows=200):
@@ -205,6 +206,10 @@ class Stack:
                                  "--endpoints", endpoints, "--model", MODEL])
         self.targets.append(("scheduler", metrics, {"namespace": NAMESPACE}))
         wait_http(f"http://127.0.0.1:{metrics}/metrics", "goodput scheduler serve", procs=self.procs)
+        # The chart probes these (charts/goodput/values.yaml, scheduler.*Probe).
+        for path in ("/healthz", "/readyz"):
+            wait_http(f"http://127.0.0.1:{metrics}{path}", f"goodput scheduler serve ({path}, the "
+                      "chart's probe)", timeout=30, procs=self.procs)
         envoy = Path(os.environ.get("GOODPUT_TOOLS", ROOT / ".tools" / "venv" / "bin")) / "envoy"
         if not os.access(envoy, os.X_OK):
             fail(f"{envoy} is missing: run scripts/tools.sh")
@@ -272,8 +277,9 @@ class Stack:
         self.spawn("advise", [self.goodput, "autoscaler", "advise", "--prometheus", self.prom,
                               "--config", str(path), "--serve", str(self.advise_port),
                               "--interval", "2"])
-        wait_http(f"http://127.0.0.1:{self.advise_port}/healthz", "goodput autoscaler advise",
-                  procs=self.procs)
+        for path in ("/healthz", "/readyz"):
+            wait_http(f"http://127.0.0.1:{self.advise_port}{path}", "goodput autoscaler advise",
+                      procs=self.procs)
 
     def start_prometheus(self):
         port = free_port()

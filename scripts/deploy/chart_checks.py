@@ -67,6 +67,9 @@ VALUE_SETS = {
         "llama-h100-1.llama-h100.llm.svc:8000 accelerator=h100 role=unified tp=1"]}},
     "hpa": {"autoscaling": {"mode": "hpa", "variants": VARIANTS}},
     "keda": {"autoscaling": {"mode": "keda", "variants": VARIANTS}},
+    "keda-external": {"controller": {"kedaExternalScaler": {"enabled": True}},
+                      "autoscaling": {"mode": "keda-external", "variants": [
+                          dict(v, modelAutoscaler="llama-8b", minReplicas=0) for v in VARIANTS]}},
     "everything": {
         "predictor": {"enabled": True},
         "controller": {"watchNamespace": "llm", "wvaMetrics": True, "replicas": 2,
@@ -83,6 +86,9 @@ VALUE_SETS = {
 }
 # Values the chart must refuse (values.schema.json, or a template's fail with this message).
 REFUSED_BY_TEMPLATE = {
+    "keda-external without the controller's scaler": (
+        {"autoscaling": {"mode": "keda-external", "variants": [dict(VARIANTS[0], modelAutoscaler="m")]}},
+        "needs controller.kedaExternalScaler.enabled"),
     "scheduler without endpoints": ({"scheduler": {"enabled": True}}, "scheduler.enabled needs scheduler.endpoints"),
 }
 BAD_VALUE_SETS = {
@@ -350,6 +356,7 @@ def main():
                   "predictor": {"Deployment": 2},
                   "scheduler": {"Deployment": 2, "ConfigMap": 5, "Role": 1},
                   "hpa": {"HorizontalPodAutoscaler": 2}, "keda": {"ScaledObject": 2},
+                  "keda-external": {"ScaledObject": 2},
                   "everything": {"ServiceMonitor": 3, "PodMonitor": 1, "PrometheusRule": 1,
                                  "ScaledObject": 2, "RoleBinding": 2, "Deployment": 3},
                   "podmonitors": {"PodMonitor": 2, "Role": 0}}

@@ -34,6 +34,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+sys.dont_write_bytecode = True  # no __pycache__ left in the work tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_apiserver import FakeApiServer  # noqa: E402
 

@@ -544,3 +544,64 @@ async fn endpoint_dying_mid_stream_and_stale_metrics() {
     }
     spare.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_uncached_prompts_are_split_onto_a_prefill_server() {
+    let catalog = Catalog::builtin();
+    let role = |role| ServerConfig {
+        role,
+        time_scale: 20.0,
+        ..ServerConfig::default()
+    };
+    let decode = LiveServers::start(&catalog, &role(goodput_core::Role::Decode), LOCAL, 0, 1)
+        .await
+        .unwrap();
+    let prefill = LiveServers::start(&catalog, &role(goodput_core::Role::Prefill), LOCAL, 0, 1)
+        .await
+        .unwrap();
+    let list = format!(
+        "{} role=decode accelerator=h100, {} role=prefill accelerator=h100",
+        decode.addrs[0], prefill.addrs[0]
+    );
+    let sched = start_scheduler(list, "goodput").await;
+    sched.wait_ready(2).await;
+    let envoy = start_envoy(sched.port, Mode::FullDuplex).await;
+    let client = reqwest::Client::new();
+
+    // Short prompt: decode server alone.
+    let r = stream_completion(&client, &envoy.url, "short prompt", 3, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.done, r.text_chunks),
+        (200, true, 3),
+        "{}",
+        r.body
+    );
+    assert_eq!(served(prefill.addrs[0]).await, 0);
+    // About 2000 uncached tokens (over the 1024 default): prefilled on the prefill server,
+    // named to the decode server in `x-prefiller-host-port`.
+    let long = "a long document to summarise ".repeat(280);
+    let r = stream_completion(&client, &envoy.url, &long, 3, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.done, r.text_chunks),
+        (200, true, 3),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        served(prefill.addrs[0]).await,
+        1,
+        "the prefill server ran the prompt"
+    );
+    assert_eq!(served(decode.addrs[0]).await, 2);
+    assert_eq!(
+        sched.dispatched(),
+        vec![2, 0],
+        "the client's request goes to the decode pod"
+    );
+    decode.shutdown().await;
+    prefill.shutdown().await;
+}

@@ -9,10 +9,20 @@
 //! exports the targets for HPA/KEDA or patches `/scale`.
 
 pub mod adapter;
+#[cfg(feature = "controller")]
+pub mod advise;
 pub mod baselines;
 pub mod capacity;
 pub mod compare;
+#[cfg(feature = "controller")]
+pub mod controller;
+#[cfg(feature = "controller")]
+pub mod crd;
+#[cfg(feature = "controller")]
+pub mod export;
 pub mod forecast;
 pub mod goodput;
+#[cfg(feature = "controller")]
+pub mod actuation;
 pub mod metrics;
 pub mod optimizer;

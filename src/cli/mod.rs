@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch. Every flag can also be set through the environment
 //! variable named in `--help`.
 
+mod autoscaler;
+mod crd;
 mod predictor;
 mod sim;
 
@@ -46,6 +48,11 @@ pub enum Command {
     /// Learn and serve TTFT/TPOT predictions (a drop-in for llm-d's latency predictor).
     #[command(subcommand)]
     Predictor(predictor::PredictorCommand),
+    /// The Kubernetes controller (`run`) and recommendations from Prometheus (`advise`).
+    #[command(subcommand)]
+    Autoscaler(autoscaler::AutoscalerCommand),
+    /// Print goodput's CustomResourceDefinitions (ModelAutoscaler, AcceleratorPool) as YAML.
+    Crd,
 }
 
 /// Sets up `tracing` on stderr.
@@ -66,6 +73,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Predictor(cmd) => predictor::run(cmd),
+        Command::Autoscaler(cmd) => autoscaler::run(cmd),
+        Command::Crd => crd::run(),
     }
 }
 

@@ -181,7 +181,11 @@ pub fn render(name: &str, out: &Outcome) -> String {
         load.arrival_rate, load.forecast_rate, st.desired_replicas, st.cost_per_hour
     );
     for c in &st.conditions {
-        let _ = writeln!(s, "  {}={} ({}): {}", c.type_, c.status, c.reason, c.message);
+        let _ = writeln!(
+            s,
+            "  {}={} ({}): {}",
+            c.type_, c.status, c.reason, c.message
+        );
     }
     let _ = writeln!(
         s,

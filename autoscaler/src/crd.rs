@@ -44,7 +44,11 @@ pub const MAX_VARIANTS: usize = 16;
     derive = "PartialEq",
     doc = "Autoscales the variants of one model to its latency objectives at the lowest accelerator cost.",
     printcolumn(name = "Model", type_ = "string", json_path = ".spec.model"),
-    printcolumn(name = "Actuation", type_ = "string", json_path = ".spec.policy.actuation"),
+    printcolumn(
+        name = "Actuation",
+        type_ = "string",
+        json_path = ".spec.policy.actuation"
+    ),
     printcolumn(
         name = "Load",
         type_ = "number",
@@ -68,7 +72,11 @@ pub const MAX_VARIANTS: usize = 16;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelAutoscalerSpec {
@@ -383,7 +391,11 @@ pub struct VariantStatus {
     category = "goodput",
     derive = "PartialEq",
     doc = "A pool of accelerators of one type that goodput's variants draw devices from.",
-    printcolumn(name = "Accelerator", type_ = "string", json_path = ".spec.acceleratorType"),
+    printcolumn(
+        name = "Accelerator",
+        type_ = "string",
+        json_path = ".spec.acceleratorType"
+    ),
     printcolumn(name = "Devices", type_ = "integer", json_path = ".spec.devices"),
     printcolumn(
         name = "Price",
@@ -391,7 +403,11 @@ pub struct VariantStatus {
         json_path = ".spec.pricePerDeviceHour",
         description = "USD per device-hour"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AcceleratorPoolSpec {
@@ -469,7 +485,10 @@ impl EngineSetup {
             if !(t.target_ms.is_finite() && t.target_ms > 0.0) {
                 return Err(field_err(
                     format!("slo.{name}.targetMs"),
-                    format!("must be a positive number of milliseconds, got {}", t.target_ms),
+                    format!(
+                        "must be a positive number of milliseconds, got {}",
+                        t.target_ms
+                    ),
                 ));
             }
             if !(t.percentile > 0.0 && t.percentile <= 100.0) {
@@ -485,7 +504,10 @@ impl EngineSetup {
         if spec.variants.len() > MAX_VARIANTS {
             return Err(field_err(
                 "variants",
-                format!("at most {MAX_VARIANTS} variants, got {}", spec.variants.len()),
+                format!(
+                    "at most {MAX_VARIANTS} variants, got {}",
+                    spec.variants.len()
+                ),
             ));
         }
         if spec.policy.interval_seconds == 0 {
@@ -494,7 +516,9 @@ impl EngineSetup {
         let mut scope = crate::metrics::Scope::new(spec.model.clone());
         scope.variant_label = spec.metrics.variant_label.clone();
         scope.window = spec.metrics.window.clone();
-        scope.validate().map_err(|e| field_err("metrics", e.to_string()))?;
+        scope
+            .validate()
+            .map_err(|e| field_err("metrics", e.to_string()))?;
 
         let mut pool_specs: Vec<PoolSpec> = Vec::new();
         let mut variants = Vec::new();
@@ -513,10 +537,7 @@ impl EngineSetup {
             if v.min_replicas > v.max_replicas {
                 return Err(field_err(
                     format!("{at}.minReplicas"),
-                    format!(
-                        "{} exceeds maxReplicas {}",
-                        v.min_replicas, v.max_replicas
-                    ),
+                    format!("{} exceeds maxReplicas {}", v.min_replicas, v.max_replicas),
                 ));
             }
             let tp = v.accelerators_per_replica;
@@ -683,10 +704,19 @@ policy: { actuation: scale, intervalSeconds: 15 }
             let mut s = sample_spec();
             edit(&mut s);
             let err = EngineSetup::from_spec(&s, &pools(), &cat).unwrap_err();
-            assert!(err.to_string().starts_with(&format!("spec.{field}")), "{err}");
+            assert!(
+                err.to_string().starts_with(&format!("spec.{field}")),
+                "{err}"
+            );
         };
-        check(&|s| s.variants[1].pool = "missing".into(), "variants[1].pool");
-        check(&|s| s.variants[0].min_replicas = 9, "variants[0].minReplicas");
+        check(
+            &|s| s.variants[1].pool = "missing".into(),
+            "variants[1].pool",
+        );
+        check(
+            &|s| s.variants[0].min_replicas = 9,
+            "variants[0].minReplicas",
+        );
         check(
             &|s| s.variants[0].accelerators_per_replica = 3,
             "variants[0].acceleratorsPerReplica",

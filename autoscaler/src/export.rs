@@ -212,11 +212,7 @@ impl ControllerMetrics {
             "1 when the pools cannot carry the forecast load",
             m.capacity_limited.clone(),
         );
-        r.register(
-            "decisions",
-            "Decisions by direction",
-            m.decisions.clone(),
-        );
+        r.register("decisions", "Decisions by direction", m.decisions.clone());
         r.register(
             "reconcile_errors",
             "Failed reconciles by reason",
@@ -281,7 +277,9 @@ impl ControllerMetrics {
         self.capacity_limited
             .get_or_create(&ml)
             .set(f64::from(u8::from(outcome.capacity_limited)));
-        self.arrival_rate.get_or_create(&ml).set(outcome.arrival_rate);
+        self.arrival_rate
+            .get_or_create(&ml)
+            .set(outcome.arrival_rate);
         self.forecast_arrival_rate
             .get_or_create(&ml)
             .set(outcome.forecast_rate);
@@ -443,7 +441,9 @@ mod tests {
             "goodput_desired_replicas{namespace=\"llm\",model=\"llama\",variant=\"h100\",accelerator=\"h100\",role=\"unified\"} 3.0"
         ), "{text}");
         assert!(text.contains("goodput_reconcile_errors_total{reason=\"invalid_spec\"} 1"));
-        assert!(text.contains("goodput_decisions_total{namespace=\"llm\",model=\"llama\",direction=\"up\"} 1"));
+        assert!(text.contains(
+            "goodput_decisions_total{namespace=\"llm\",model=\"llama\",direction=\"up\"} 1"
+        ));
         assert!(text.contains(
             "wva_desired_replicas{variant_name=\"h100\",namespace=\"llm\",accelerator_type=\"h100\"} 3.0"
         ));

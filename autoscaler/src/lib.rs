@@ -8,6 +8,8 @@
 //! plugs all of them into the simulator, and [`compare`] runs them side by side. Actuation
 //! exports the targets for HPA/KEDA or patches `/scale`.
 
+#[cfg(feature = "controller")]
+pub mod actuation;
 pub mod adapter;
 #[cfg(feature = "controller")]
 pub mod advise;
@@ -22,7 +24,5 @@ pub mod crd;
 pub mod export;
 pub mod forecast;
 pub mod goodput;
-#[cfg(feature = "controller")]
-pub mod actuation;
 pub mod metrics;
 pub mod optimizer;

@@ -36,12 +36,11 @@ name: llama
 namespace: llm
 spec:
   model: llama-3.1-8b
-  catalogModel: llama-3.1-70b
-  slo: { ttft: { targetMs: 2000 }, itl: { targetMs: 100 } }
+  slo: { ttft: { targetMs: 1000 }, itl: { targetMs: 40 } }
   variants:
     - name: h100
       pool: l40s
-      acceleratorsPerReplica: 4
+      acceleratorsPerReplica: 1
       scaleTargetRef: { name: llama }
       minReplicas: 1
       maxReplicas: 32
@@ -157,11 +156,17 @@ async fn advise_recommends_what_the_engine_decides_for_the_load() {
     );
     let advised = st.variants[0].desired_replicas;
     let direct = engine_decision(&config, truth, 1);
+    eprintln!(
+        "advise saw {seen:.2} req/s (generator: {truth:.2}); advised {advised} replicas, the engine given the load directly {direct}"
+    );
     assert!(
         advised.abs_diff(direct) <= 1,
         "advise says {advised}, the engine given the load directly says {direct}"
     );
-    assert!(advised > 1, "the load should need more than one replica: {st:#?}");
+    assert!(
+        advised > 1,
+        "the load should need more than one replica: {st:#?}"
+    );
     assert_eq!(st.variants[0].current_replicas, 1);
     let text = render("llama", &out);
     assert!(text.contains("h100"), "{text}");

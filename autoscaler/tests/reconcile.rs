@@ -34,18 +34,17 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/events";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/leases";
 
 fn model_autoscaler(name: &str, pool: &str) -> Value {
-    // The capacity model is a 70B model on 4-way L40S replicas at a tight ITL target: a few
-    // requests per second need several replicas, so the test's loads move the decision. The
-    // live servers only supply the metrics (the load's rate and shape).
+    // The capacity model is Llama-3.1-8B on L40S replicas at a tight ITL target (about 2
+    // requests/s per replica for this test's 256/32-token requests): the test's loads move the
+    // decision. The live servers (H100) only supply the metrics: the load's rate and shape.
     json!({
         "apiVersion": "goodput.dev/v1alpha1", "kind": "ModelAutoscaler",
         "metadata": {"name": name, "namespace": "llm"},
         "spec": {
             "model": "llama-3.1-8b",
-            "catalogModel": "llama-3.1-70b",
-            "slo": {"ttft": {"targetMs": 2000}, "itl": {"targetMs": 100}},
+            "slo": {"ttft": {"targetMs": 1000}, "itl": {"targetMs": 40}},
             "variants": [{
-                "name": "h100", "pool": pool, "acceleratorsPerReplica": 4,
+                "name": "h100", "pool": pool, "acceleratorsPerReplica": 1,
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("{name}-h100")},
                 "minReplicas": 1, "maxReplicas": 32,
             }],
@@ -183,13 +182,27 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
     assert!(v["predictedTtftMs"].as_f64().unwrap() > 0.0, "{st:#}");
     assert!(v["predictedItlMs"].as_f64().unwrap() > 0.0, "{st:#}");
     assert!(!st["reason"].as_str().unwrap().is_empty());
+    // Status went through the status subresource.
+    assert!(
+        fake.requests().iter().any(|r| r
+            == "PATCH /apis/goodput.dev/v1alpha1/namespaces/llm/modelautoscalers/llama/status")
+    );
     // The Lease names this replica.
-    let lease = fake.get(LEASES, "goodput-system", "goodput-controller").unwrap();
+    let lease = fake
+        .get(LEASES, "goodput-system", "goodput-controller")
+        .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "controller-0");
     // /readyz and /metrics serve.
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{http_port}");
-    assert!(http.get(format!("{base}/readyz")).send().await.unwrap().status().is_success());
+    assert!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
     let text = http
         .get(format!("{base}/metrics"))
         .send()
@@ -202,7 +215,9 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
         text.contains("goodput_desired_replicas{namespace=\"llm\",model=\"llama-3.1-8b\",variant=\"h100\",accelerator=\"l40s\",role=\"unified\"}"),
         "{text}"
     );
-    assert!(text.contains("wva_desired_replicas{variant_name=\"h100\",namespace=\"llm\",accelerator_type=\"l40s\"}"));
+    assert!(text.contains(
+        "wva_desired_replicas{variant_name=\"h100\",namespace=\"llm\",accelerator_type=\"l40s\"}"
+    ));
 
     // 2. An invalid spec: a condition naming the field, a Warning Event, no crash.
     let broken = wait_for(&fake, "broken", "reported its invalid spec", |ma| {
@@ -212,7 +227,10 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
     let ready = condition(&broken, "Ready").unwrap();
     assert_eq!(ready["status"], "False");
     assert!(
-        ready["message"].as_str().unwrap().contains("spec.variants[0].pool"),
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.variants[0].pool"),
         "{ready}"
     );
     let events = fake.list(EVENTS);
@@ -232,30 +250,47 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("goodput_reconcile_errors_total{reason=\"invalid_spec\"}"), "{text}");
+    assert!(
+        text.contains("goodput_reconcile_errors_total{reason=\"invalid_spec\"}"),
+        "{text}"
+    );
 
     // 3. Ten times the load: the decision rises and /scale is patched with a merge patch.
     light.abort();
     let heavy = load(12.0, 600.0, servers.urls(), 2);
     let raised = wait_for(&fake, "llama", "raised its decision", |ma| {
-        ma["status"]["variants"][0]["desiredReplicas"].as_u64().unwrap_or(0) > low
+        ma["status"]["variants"][0]["desiredReplicas"]
+            .as_u64()
+            .unwrap_or(0)
+            > low
     })
     .await;
-    let high = raised["status"]["variants"][0]["desiredReplicas"].as_u64().unwrap();
+    let high = raised["status"]["variants"][0]["desiredReplicas"]
+        .as_u64()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let dep = fake.get(DEPLOYMENTS, "llm", "llama-h100").unwrap();
         if dep["spec"]["replicas"].as_u64() >= Some(high) {
             break;
         }
-        assert!(Instant::now() < deadline, "/scale never patched to {high}: {dep:#}");
+        assert!(
+            Instant::now() < deadline,
+            "/scale never patched to {high}: {dep:#}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let writes = fake.scale_writes();
     let last = writes.last().expect("no /scale write");
     assert_eq!(last.name, "llama-h100");
-    assert!(last.content_type.starts_with("application/merge-patch+json"));
-    assert!(last.body["spec"]["replicas"].as_u64().unwrap() >= high, "{writes:?}");
+    assert!(
+        last.content_type
+            .starts_with("application/merge-patch+json")
+    );
+    assert!(
+        last.body["spec"]["replicas"].as_u64().unwrap() >= high,
+        "{writes:?}"
+    );
     assert!(
         fake.list(EVENTS)
             .iter()
@@ -264,9 +299,10 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
 
     // 4. Prometheus down: the decision is held and the condition says why.
     heavy.abort();
-    let held_at = fake.get(MAS, "llm", "llama").unwrap()["status"]["variants"][0]["desiredReplicas"]
-        .as_u64()
-        .unwrap();
+    let held_at =
+        fake.get(MAS, "llm", "llama").unwrap()["status"]["variants"][0]["desiredReplicas"]
+            .as_u64()
+            .unwrap();
     prometheus.stop();
     let down = wait_for(&fake, "llama", "noticed Prometheus is down", |ma| {
         condition(ma, "MetricsAvailable").is_some_and(|c| c["status"] == "False")
@@ -274,8 +310,14 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
     .await;
     let c = condition(&down, "MetricsAvailable").unwrap();
     assert_eq!(c["reason"], "PrometheusError");
-    assert_eq!(down["status"]["variants"][0]["desiredReplicas"].as_u64(), Some(held_at));
-    assert_eq!(condition(&down, "Ready").unwrap()["reason"], "HoldingLastDecision");
+    assert_eq!(
+        down["status"]["variants"][0]["desiredReplicas"].as_u64(),
+        Some(held_at)
+    );
+    assert_eq!(
+        condition(&down, "Ready").unwrap()["reason"],
+        "HoldingLastDecision"
+    );
     assert!(
         fake.list(EVENTS)
             .iter()
@@ -284,7 +326,10 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
     // Another interval later, still held, and the controller still runs.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let later = fake.get(MAS, "llm", "llama").unwrap();
-    assert_eq!(later["status"]["variants"][0]["desiredReplicas"].as_u64(), Some(held_at));
+    assert_eq!(
+        later["status"]["variants"][0]["desiredReplicas"].as_u64(),
+        Some(held_at)
+    );
     assert!(!controller.is_finished());
 
     let _ = stop_tx.send(());

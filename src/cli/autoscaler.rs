@@ -25,7 +25,11 @@ pub enum AutoscalerCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Prometheus base URL.
-    #[arg(long, env = "GOODPUT_PROMETHEUS_URL", default_value = "http://prometheus:9090")]
+    #[arg(
+        long,
+        env = "GOODPUT_PROMETHEUS_URL",
+        default_value = "http://prometheus:9090"
+    )]
     pub prometheus: String,
     /// Seconds before a Prometheus query gives up.
     #[arg(long, env = "GOODPUT_PROMETHEUS_TIMEOUT_S", default_value_t = 10.0)]
@@ -46,7 +50,11 @@ pub struct RunArgs {
     #[arg(long, env = "GOODPUT_NO_LEADER_ELECTION", default_value_t = false)]
     pub no_leader_election: bool,
     /// Namespace of the leader Lease.
-    #[arg(long, env = "GOODPUT_LEASE_NAMESPACE", default_value = "goodput-system")]
+    #[arg(
+        long,
+        env = "GOODPUT_LEASE_NAMESPACE",
+        default_value = "goodput-system"
+    )]
     pub lease_namespace: String,
     /// Name of the leader Lease.
     #[arg(long, env = "GOODPUT_LEASE_NAME", default_value = "goodput-controller")]
@@ -95,7 +103,10 @@ fn timeout(s: f64) -> anyhow::Result<Duration> {
 }
 
 async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.lease_duration_s > 0, "--lease-duration-s must be positive");
+    anyhow::ensure!(
+        args.lease_duration_s > 0,
+        "--lease-duration-s must be positive"
+    );
     let client = goodput_autoscaler::controller::run::infer_client()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
@@ -124,7 +135,10 @@ async fn advise(args: AdviseArgs) -> anyhow::Result<()> {
     let name = config.name.clone();
     let spec_interval = config.spec.policy.interval_seconds as f64;
     if let Some(i) = args.interval {
-        anyhow::ensure!(i.is_finite() && i > 0.0, "--interval must be positive, got {i}");
+        anyhow::ensure!(
+            i.is_finite() && i > 0.0,
+            "--interval must be positive, got {i}"
+        );
     }
     let mut http = None;
     let metrics = match args.serve {
@@ -147,9 +161,7 @@ async fn advise(args: AdviseArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut advisor = Advisor::new(prom, config, metrics);
-    let repeat = args
-        .interval
-        .or_else(|| args.serve.map(|_| spec_interval));
+    let repeat = args.interval.or_else(|| args.serve.map(|_| spec_interval));
     loop {
         let out = advisor
             .step(goodput_autoscaler::controller::run::now())

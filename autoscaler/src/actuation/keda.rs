@@ -110,7 +110,11 @@ impl ExternalScaler for KedaScaler {
                 let active = store.get(&key).is_some_and(|d| d > 0);
                 if last != Some(active) {
                     last = Some(active);
-                    if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                    if tx
+                        .send(Ok(IsActiveResponse { result: active }))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -29,7 +29,9 @@ pub async fn read(
     namespace: &str,
     target: &ScaleTargetRef,
 ) -> Result<ScaleState, kube::Error> {
-    let scale = api(client, namespace, target).get_scale(&target.name).await?;
+    let scale = api(client, namespace, target)
+        .get_scale(&target.name)
+        .await?;
     let spec = scale.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
     let status = scale.status.map_or(0, |s| s.replicas).max(0) as u32;
     Ok(ScaleState { spec, status })

@@ -65,6 +65,9 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
 }
 
 /// Serves the endpoints on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpState>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state)).await
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
 /// One candidate's view of the Lease.
@@ -113,7 +113,11 @@ impl LeaseLock {
         let mut next = current;
         next.spec = Some(self.spec(now, acquired, transitions));
         // The replace carries the resourceVersion read above: a concurrent writer wins, we lose.
-        match self.api.replace(&self.name, &PostParams::default(), &next).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &next)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 409) => Ok(false),
             Err(e) => Err(err(e)),

@@ -213,7 +213,10 @@ fn key(namespace: &str, name: &str) -> String {
 }
 
 /// What the engine depends on: a change rebuilds the object's engine state.
-fn fingerprint(spec: &ModelAutoscalerSpec, pools: &BTreeMap<String, AcceleratorPoolSpec>) -> String {
+fn fingerprint(
+    spec: &ModelAutoscalerSpec,
+    pools: &BTreeMap<String, AcceleratorPoolSpec>,
+) -> String {
     let used: BTreeMap<&String, &AcceleratorPoolSpec> = spec
         .variants
         .iter()
@@ -271,8 +274,26 @@ fn invalid(snap: &Snapshot<'_>, message: String) -> Outcome {
     let mut conds = Vec::new();
     let prev = snap.previous;
     let g = snap.generation;
-    set_condition(&mut conds, prev, "Fitted", false, "InvalidSpec", message.clone(), g, snap.now);
-    set_condition(&mut conds, prev, "Ready", false, "InvalidSpec", message.clone(), g, snap.now);
+    set_condition(
+        &mut conds,
+        prev,
+        "Fitted",
+        false,
+        "InvalidSpec",
+        message.clone(),
+        g,
+        snap.now,
+    );
+    set_condition(
+        &mut conds,
+        prev,
+        "Ready",
+        false,
+        "InvalidSpec",
+        message.clone(),
+        g,
+        snap.now,
+    );
     // Keep what is known about the metrics and capacity; they did not change.
     for c in prev.map(|p| p.conditions.clone()).unwrap_or_default() {
         if c.type_ == "MetricsAvailable" || c.type_ == "CapacityLimited" {
@@ -441,7 +462,11 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
             let running: f64 = loads.iter().flatten().map(|l| l.running).sum();
             let fresh = est.fresh && !(est.rate <= 0.0 && running > 0.0);
             if fresh {
-                let startup = view.pools.iter().map(|p| p.startup_s).fold(0.0f64, f64::max);
+                let startup = view
+                    .pools
+                    .iter()
+                    .map(|p| p.startup_s)
+                    .fold(0.0f64, f64::max);
                 let fc = state.forecaster.observe(
                     now_s,
                     est.rate,
@@ -565,13 +590,9 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
     };
 
     // Predicted latency at the desired fleet: the forecast split in proportion to capacity.
-    let shape = state
-        .last_shape
-        .unwrap_or(state.setup.config.default_shape);
+    let shape = state.last_shape.unwrap_or(state.setup.config.default_shape);
     let forecast = state.last_forecast.map_or(0.0, |f| f.provision_rate);
-    let per_replica: Vec<f64> = (0..n)
-        .map(|i| state.capacity.max_rate(i, &shape))
-        .collect();
+    let per_replica: Vec<f64> = (0..n).map(|i| state.capacity.max_rate(i, &shape)).collect();
     let fleet: f64 = per_replica
         .iter()
         .zip(&desired)
@@ -808,7 +829,12 @@ policy: { actuation: scale, intervalSeconds: 30 }
         assert_eq!(b.direction, Direction::Up);
         assert!(!b.patches.is_empty());
         assert!(b.events.iter().any(|e| e.reason == "ScaleUp"));
-        assert!(b.status.variants.iter().any(|v| v.predicted_ttft_ms.is_some()));
+        assert!(
+            b.status
+                .variants
+                .iter()
+                .any(|v| v.predicted_ttft_ms.is_some())
+        );
         // Prometheus down: the same desired counts, the condition and one Warning.
         let c = r.reconcile(&Snapshot {
             metrics: Err("connection refused".into()),
@@ -820,10 +846,17 @@ policy: { actuation: scale, intervalSeconds: 30 }
         let before: Vec<u32> = b.desired.iter().map(|d| d.replicas).collect();
         assert_eq!(held, before);
         let m = cond(&c.status, "MetricsAvailable");
-        assert_eq!((m.status.as_str(), m.reason.as_str()), ("False", "PrometheusError"));
+        assert_eq!(
+            (m.status.as_str(), m.reason.as_str()),
+            ("False", "PrometheusError")
+        );
         assert!(m.message.contains("connection refused"));
         assert_eq!(c.error, Some(ErrorReason::Metrics));
-        assert!(c.events.iter().any(|e| e.warning && e.reason == "MetricsUnavailable"));
+        assert!(
+            c.events
+                .iter()
+                .any(|e| e.warning && e.reason == "MetricsUnavailable")
+        );
         // A second failed pass does not repeat the Warning.
         let d = r.reconcile(&Snapshot {
             metrics: Err("connection refused".into()),
@@ -860,8 +893,16 @@ policy: { actuation: scale, intervalSeconds: 30 }
         assert!(out.desired.is_empty() && out.patches.is_empty());
         let ready = cond(&out.status, "Ready");
         assert_eq!(ready.status, "False");
-        assert!(ready.message.contains("spec.variants[1].pool"), "{}", ready.message);
-        assert!(out.events.iter().any(|e| e.warning && e.reason == "InvalidSpec"));
+        assert!(
+            ready.message.contains("spec.variants[1].pool"),
+            "{}",
+            ready.message
+        );
+        assert!(
+            out.events
+                .iter()
+                .any(|e| e.warning && e.reason == "InvalidSpec")
+        );
         assert_eq!(out.status.observed_generation, Some(3));
     }
 }

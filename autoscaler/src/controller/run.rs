@@ -140,7 +140,10 @@ pub fn now() -> Timestamp {
 }
 
 /// One reconcile of one ModelAutoscaler.
-pub async fn reconcile(ma: Arc<ModelAutoscaler>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    ma: Arc<ModelAutoscaler>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let namespace = ma.namespace().ok_or(ReconcileError::NoNamespace)?;
     let name = ma.name_any();
@@ -150,13 +153,14 @@ pub async fn reconcile(ma: Arc<ModelAutoscaler>, ctx: Arc<Context>) -> Result<Ac
         forget(&ctx, &namespace, &name);
         return Ok(Action::await_change());
     }
-    let pools: BTreeMap<String, AcceleratorPoolSpec> = Api::<AcceleratorPool>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .inspect_err(|_| ctx.metrics.error(ErrorReason::Kube))?
-        .into_iter()
-        .map(|p| (p.name_any(), p.spec))
-        .collect();
+    let pools: BTreeMap<String, AcceleratorPoolSpec> =
+        Api::<AcceleratorPool>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .inspect_err(|_| ctx.metrics.error(ErrorReason::Kube))?
+            .into_iter()
+            .map(|p| (p.name_any(), p.spec))
+            .collect();
     let pools_fp = serde_json::to_string(&pools).unwrap_or_default();
     let generation = ma.meta().generation;
     {
@@ -179,7 +183,9 @@ pub async fn reconcile(ma: Arc<ModelAutoscaler>, ctx: Arc<Context>) -> Result<Ac
         current.push(
             scale::read(&ctx.client, &namespace, &v.scale_target_ref)
                 .await
-                .inspect_err(|e| tracing::debug!(target = %v.scale_target_ref.name, error = %e, "no /scale"))
+                .inspect_err(
+                    |e| tracing::debug!(target = %v.scale_target_ref.name, error = %e, "no /scale"),
+                )
                 .ok(),
         );
     }
@@ -215,7 +221,9 @@ pub async fn reconcile(ma: Arc<ModelAutoscaler>, ctx: Arc<Context>) -> Result<Ac
     })
     .await
     .map_err(|e| {
-        ReconcileError::Kube(kube::Error::Service(Box::new(std::io::Error::other(e.to_string()))))
+        ReconcileError::Kube(kube::Error::Service(Box::new(std::io::Error::other(
+            e.to_string(),
+        ))))
     })?;
 
     // Status.
@@ -232,7 +240,15 @@ pub async fn reconcile(ma: Arc<ModelAutoscaler>, ctx: Arc<Context>) -> Result<Ac
     // Actuation.
     let mut events = outcome.events.clone();
     for p in &outcome.patches {
-        if let Err(e) = scale::patch(&ctx.client, &namespace, &p.target, p.replicas, &ctx.controller_name).await {
+        if let Err(e) = scale::patch(
+            &ctx.client,
+            &namespace,
+            &p.target,
+            p.replicas,
+            &ctx.controller_name,
+        )
+        .await
+        {
             ctx.metrics.error(ErrorReason::Actuation);
             events.push(super::reconcile::EventNote {
                 warning: true,
@@ -257,7 +273,8 @@ pub async fn reconcile(ma: Arc<ModelAutoscaler>, ctx: Arc<Context>) -> Result<Ac
         ma.spec.slo.ttft.target_ms / 1e3,
         ma.spec.slo.itl.target_ms / 1e3,
     );
-    ctx.metrics.record(&namespace, &ma.spec.model, slo, &outcome);
+    ctx.metrics
+        .record(&namespace, &ma.spec.model, slo, &outcome);
     for (pool_name, pool) in &pools {
         let used: u32 = outcome
             .desired
@@ -265,7 +282,8 @@ pub async fn reconcile(ma: Arc<ModelAutoscaler>, ctx: Arc<Context>) -> Result<Ac
             .filter(|d| &d.pool == pool_name)
             .map(|d| d.replicas * d.devices_per_replica)
             .sum();
-        ctx.metrics.pool(pool_name, &pool.accelerator_type, pool.devices, used);
+        ctx.metrics
+            .pool(pool_name, &pool.accelerator_type, pool.devices, used);
     }
     // Events.
     let reference = ma.object_ref(&());
@@ -312,7 +330,11 @@ fn error_policy(_ma: Arc<ModelAutoscaler>, error: &ReconcileError, ctx: Arc<Cont
 }
 
 /// Runs the Controller until `stop` fires.
-pub async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, mut stop: watch::Receiver<bool>) {
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
     let client = ctx.client.clone();
     let mas: Api<ModelAutoscaler> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -322,15 +344,19 @@ pub async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, mut st
     let controller = Controller::new(mas, watcher::Config::default());
     let reader = controller.store();
     controller
-        .watches(pools, watcher::Config::default(), move |pool: AcceleratorPool| {
-            let name = pool.name_any();
-            reader
-                .state()
-                .into_iter()
-                .filter(|ma| ma.spec.variants.iter().any(|v| v.pool == name))
-                .map(|ma| ObjectRef::from_obj(&*ma))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            pools,
+            watcher::Config::default(),
+            move |pool: AcceleratorPool| {
+                let name = pool.name_any();
+                reader
+                    .state()
+                    .into_iter()
+                    .filter(|ma| ma.spec.variants.iter().any(|v| v.pool == name))
+                    .map(|ma| ObjectRef::from_obj(&*ma))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

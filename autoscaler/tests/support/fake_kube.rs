@@ -48,7 +48,10 @@ struct Inner {
     requests: Vec<String>,
 }
 
-type Shared = Arc<(Mutex<Inner>, broadcast::Sender<(u64, String, String, String, Value)>)>;
+type Shared = Arc<(
+    Mutex<Inner>,
+    broadcast::Sender<(u64, String, String, String, Value)>,
+)>;
 
 /// The fake server; dropping it leaves the task running until the test's runtime ends.
 #[derive(Clone)]
@@ -72,7 +75,10 @@ fn parse_path(path: &str) -> Option<ApiPath> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (prefix, rest) = match segs.first()? {
         &"api" => (format!("/api/{}", segs.get(1)?), &segs[2..]),
-        &"apis" => (format!("/apis/{}/{}", segs.get(1)?, segs.get(2)?), &segs[3..]),
+        &"apis" => (
+            format!("/apis/{}/{}", segs.get(1)?, segs.get(2)?),
+            &segs[3..],
+        ),
         _ => return None,
     };
     let (namespace, rest) = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
@@ -103,7 +109,12 @@ fn status(code: u16, reason: &str, message: String) -> Response {
 }
 
 fn ok_json(v: &Value, code: StatusCode) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 /// RFC 7386 JSON merge patch.
@@ -168,12 +179,17 @@ impl FakeKube {
         let mut s = lock.lock().unwrap();
         s.rv += 1;
         let rv = s.rv;
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let name = obj["metadata"]["name"].as_str().unwrap().to_string();
         let coll = s.objects.entry(collection.to_string()).or_default();
         let old = coll.get(&(ns.clone(), name.clone())).cloned();
         let generation = match &old {
-            Some(o) if o["spec"] == obj["spec"] => o["metadata"]["generation"].as_i64().unwrap_or(1),
+            Some(o) if o["spec"] == obj["spec"] => {
+                o["metadata"]["generation"].as_i64().unwrap_or(1)
+            }
             Some(o) => o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
             None => 1,
         };
@@ -193,7 +209,8 @@ impl FakeKube {
         }
         coll.insert((ns.clone(), name), obj.clone());
         let ty = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        s.log.push((rv, collection.into(), ns.clone(), ty.into(), obj.clone()));
+        s.log
+            .push((rv, collection.into(), ns.clone(), ty.into(), obj.clone()));
         let _ = tx.send((rv, collection.into(), ns, ty.into(), obj));
     }
 
@@ -266,7 +283,11 @@ async fn handle(State(shared): State<Shared>, req: Request) -> Response {
         (Method::GET, Some(name), None) => {
             match get_obj(&shared, &collection, p.namespace.as_deref(), name) {
                 Some(o) => ok_json(&o, StatusCode::OK),
-                None => status(404, "NotFound", format!("{} \"{name}\" not found", p.resource)),
+                None => status(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", p.resource),
+                ),
             }
         }
         (Method::POST, None, None) => create(&shared, &collection, p.namespace.as_deref(), &body),
@@ -289,12 +310,24 @@ async fn handle(State(shared): State<Shared>, req: Request) -> Response {
             let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
                 return status(400, "BadRequest", "patch body is not JSON".into());
             };
-            patch_obj(&shared, &collection, p.namespace.as_deref(), name, sub, &patch, ct)
+            patch_obj(
+                &shared,
+                &collection,
+                p.namespace.as_deref(),
+                name,
+                sub,
+                &patch,
+                ct,
+            )
         }
         (Method::GET, Some(name), Some("scale")) => {
             match get_obj(&shared, &collection, p.namespace.as_deref(), name) {
                 Some(o) => ok_json(&scale_of(&o), StatusCode::OK),
-                None => status(404, "NotFound", format!("{} \"{name}\" not found", p.resource)),
+                None => status(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", p.resource),
+                ),
             }
         }
         (m, _, _) => status(
@@ -383,7 +416,8 @@ fn bump(
 ) {
     s.rv += 1;
     obj["metadata"]["resourceVersion"] = s.rv.to_string().into();
-    s.log.push((s.rv, collection.into(), ns.into(), ty.into(), obj.clone()));
+    s.log
+        .push((s.rv, collection.into(), ns.into(), ty.into(), obj.clone()));
     let _ = tx.send((s.rv, collection.into(), ns.into(), ty.into(), obj.clone()));
 }
 
@@ -397,8 +431,7 @@ fn create(shared: &Shared, collection: &str, ns: Option<&str>, body: &Bytes) -> 
     let Some(name) = obj["metadata"]["name"].as_str().map(String::from) else {
         return status(422, "Invalid", "metadata.name is required".into());
     };
-    if s
-        .objects
+    if s.objects
         .get(collection)
         .is_some_and(|c| c.contains_key(&(ns.clone(), name.clone())))
     {
@@ -417,7 +450,13 @@ fn create(shared: &Shared, collection: &str, ns: Option<&str>, body: &Bytes) -> 
     ok_json(&obj, StatusCode::CREATED)
 }
 
-fn replace(shared: &Shared, collection: &str, ns: Option<&str>, name: &str, body: &Bytes) -> Response {
+fn replace(
+    shared: &Shared,
+    collection: &str,
+    ns: Option<&str>,
+    name: &str,
+    body: &Bytes,
+) -> Response {
     let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
         return status(400, "BadRequest", "body is not JSON".into());
     };
@@ -502,7 +541,11 @@ fn patch_obj(
             Some(())
         }
         Some(other) => {
-            return status(404, "NotFound", format!("no subresource `{other}` in the fake server"));
+            return status(
+                404,
+                "NotFound",
+                format!("no subresource `{other}` in the fake server"),
+            );
         }
     };
     bump(&mut s, tx, collection, &key.0, "MODIFIED", &mut obj);

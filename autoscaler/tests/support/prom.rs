@@ -36,7 +36,8 @@ impl Prometheus {
             .local_addr()
             .unwrap()
             .port();
-        let dir = std::env::temp_dir().join(format!("goodput-ctrl-prom-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("goodput-ctrl-prom-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = String::from(
@@ -51,8 +52,14 @@ impl Prometheus {
         }
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let child = Command::new(Self::binary())
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())

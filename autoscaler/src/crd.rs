@@ -32,6 +32,8 @@ pub const GROUP: &str = "goodput.dev";
 pub const MAX_VARIANTS: usize = 16;
 
 /// One model to autoscale: its SLOs, its variants, how to act.
+// Each `printcolumn(...)` repeats `type_`; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "goodput.dev",
@@ -382,6 +384,7 @@ pub struct VariantStatus {
 }
 
 /// A pool of one accelerator type that variants draw devices from.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "goodput.dev",

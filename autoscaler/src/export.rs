@@ -153,9 +153,9 @@ impl ControllerMetrics {
             capacity_limited: Family::default(),
             decisions: Family::default(),
             reconcile_errors: Family::default(),
-            reconcile_duration_seconds: Histogram::new(
-                [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0].into_iter(),
-            ),
+            reconcile_duration_seconds: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+            ]),
             pool_devices_capacity: Family::default(),
             pool_devices_used: Family::default(),
             wva_desired_replicas: wva.as_ref().map(|_| Family::default()),

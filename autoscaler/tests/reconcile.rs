@@ -135,14 +135,12 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
     let light = load(1.0, 600.0, servers.urls(), 1);
 
     let fake = FakeKube::start().await;
-    for (name, acc) in [("l40s-pool", "l40s")] {
-        fake.apply(
-            POOLS,
-            json!({"apiVersion": "goodput.dev/v1alpha1", "kind": "AcceleratorPool",
-                   "metadata": {"name": name},
-                   "spec": {"acceleratorType": acc, "devices": 256, "pricePerDeviceHour": 1.0}}),
-        );
-    }
+    fake.apply(
+        POOLS,
+        json!({"apiVersion": "goodput.dev/v1alpha1", "kind": "AcceleratorPool",
+               "metadata": {"name": "l40s-pool"},
+               "spec": {"acceleratorType": "l40s", "devices": 256, "pricePerDeviceHour": 1.0}}),
+    );
     fake.apply(DEPLOYMENTS, deployment("llama-h100", 1));
     fake.apply(MAS, model_autoscaler("llama", "l40s-pool"));
     fake.apply(MAS, model_autoscaler("broken", "no-such-pool"));

@@ -117,7 +117,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         wva_metrics: args.wva_metrics,
         http_addr: args.http_addr,
         keda_addr: args.keda_addr,
-        lease: (!args.no_leader_election).then(|| (args.lease_namespace, args.lease_name)),
+        lease: (!args.no_leader_election).then_some((args.lease_namespace, args.lease_name)),
         lease_duration: Duration::from_secs(args.lease_duration_s),
         identity: args.identity,
         controller_name: "goodput-controller".into(),

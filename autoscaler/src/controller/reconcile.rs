@@ -241,8 +241,7 @@ fn set_condition(
     status: bool,
     reason: &str,
     message: String,
-    generation: Option<i64>,
-    now: Timestamp,
+    (generation, now): (Option<i64>, Timestamp),
 ) {
     let status_s = if status { "True" } else { "False" };
     let since = previous
@@ -281,8 +280,7 @@ fn invalid(snap: &Snapshot<'_>, message: String) -> Outcome {
         false,
         "InvalidSpec",
         message.clone(),
-        g,
-        snap.now,
+        (g, snap.now),
     );
     set_condition(
         &mut conds,
@@ -291,8 +289,7 @@ fn invalid(snap: &Snapshot<'_>, message: String) -> Outcome {
         false,
         "InvalidSpec",
         message.clone(),
-        g,
-        snap.now,
+        (g, snap.now),
     );
     // Keep what is known about the metrics and capacity; they did not change.
     for c in prev.map(|p| p.conditions.clone()).unwrap_or_default() {
@@ -421,8 +418,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
             state.setup.scenario.slo.itl_ms,
             state.setup.scenario.slo.percentile
         ),
-        g,
-        snap.now,
+        (g, snap.now),
     );
 
     let (desired, reasons, metrics_ok, capacity_limited) = match &snap.metrics {
@@ -436,8 +432,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
                 false,
                 "PrometheusError",
                 message.clone(),
-                g,
-                snap.now,
+                (g, snap.now),
             );
             if was_true(prev, "MetricsAvailable") != Some(false) {
                 events.push(EventNote {
@@ -505,8 +500,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
                     true,
                     "MetricsFound",
                     format!("{:.2} requests/s seen", est.rate),
-                    g,
-                    snap.now,
+                    (g, snap.now),
                 );
             } else {
                 set_condition(
@@ -516,8 +510,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
                     false,
                     "MetricsStale",
                     "a variant with ready replicas has no fresh series; scale-down held".into(),
-                    g,
-                    snap.now,
+                    (g, snap.now),
                 );
             }
             if was_true(prev, "MetricsAvailable") == Some(false) && fresh {
@@ -545,8 +538,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         } else {
             "the pools carry the forecast load".into()
         },
-        g,
-        snap.now,
+        (g, snap.now),
     );
     let decided = metrics_ok || previous_desired.is_some();
     set_condition(
@@ -566,8 +558,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         } else {
             "no fresh metrics; the last decision stands".into()
         },
-        g,
-        snap.now,
+        (g, snap.now),
     );
 
     // Events for changed targets.
@@ -713,7 +704,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         events,
         patches,
         actuation: spec.policy.actuation,
-        error: (!matches!(snap.metrics, Ok(_))).then_some(ErrorReason::Metrics),
+        error: snap.metrics.is_err().then_some(ErrorReason::Metrics),
         direction,
         metrics_available: metrics_ok,
         capacity_limited,

@@ -84,6 +84,9 @@ pub enum ReconcileError {
     NoNamespace,
 }
 
+/// When an object was last decided, at which generation, with which pools.
+type LastPass = (Instant, Option<i64>, String);
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -94,7 +97,7 @@ pub struct Context {
     pub store: DesiredStore,
     pub controller_name: String,
     /// Per object: (last pass, generation, pools fingerprint).
-    last: Mutex<HashMap<String, (Instant, Option<i64>, String)>>,
+    last: Mutex<HashMap<String, LastPass>>,
 }
 
 impl Context {

@@ -73,9 +73,9 @@ struct ApiPath {
 
 fn parse_path(path: &str) -> Option<ApiPath> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (prefix, rest) = match segs.first()? {
-        &"api" => (format!("/api/{}", segs.get(1)?), &segs[2..]),
-        &"apis" => (
+    let (prefix, rest) = match *segs.first()? {
+        "api" => (format!("/api/{}", segs.get(1)?), &segs[2..]),
+        "apis" => (
             format!("/apis/{}/{}", segs.get(1)?, segs.get(2)?),
             &segs[3..],
         ),

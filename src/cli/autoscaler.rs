@@ -172,6 +172,10 @@ async fn advise(args: AdviseArgs) -> anyhow::Result<()> {
         }
         match repeat {
             Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
+            // A one-shot advice without metrics is no advice: say so in the exit status.
+            None if out.error.is_some() => {
+                anyhow::bail!("no recommendation: {}", out.status.reason)
+            }
             None => return Ok(()),
         }
     }

@@ -8,7 +8,9 @@
 //!    autoscaler run` runs) after it has reconciled the same 100 ModelAutoscalers through kube's
 //!    real client against the FAKE in-process Kubernetes API server of the tests (Prometheus
 //!    unreachable, so every object takes the hold path after its status is first written):
-//!    VmRSS and VmHWM of this process from /proc/self/status, printed.
+//!    VmRSS and VmHWM of this process from /proc/self/status, printed. With `GOODPUT_BIN` set
+//!    to a built `goodput` binary, the same is done to the real `goodput autoscaler run`
+//!    process (pointed at the fake server by a kubeconfig), whose /proc/PID/status is read.
 //!
 //! Run: `cargo bench -p goodput-autoscaler --features controller --bench reconcile`.
 
@@ -139,8 +141,18 @@ fn reconcile_pass(c: &mut Criterion) {
     });
 }
 
+/// A URL where nothing listens (Prometheus "down": every reconcile takes the hold path).
+fn closed_url() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", closed.local_addr().unwrap())
+}
+
 fn rss_kib() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_of("self")
+}
+
+fn rss_of(pid: &str) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         s.lines()
             .find(|l| l.starts_with(name))
@@ -179,9 +191,7 @@ fn controller_memory(_c: &mut Criterion) {
                        "spec": spec_json(i)}),
             );
         }
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let prom = format!("http://{}", closed.local_addr().unwrap());
-        drop(closed);
+        let prom = closed_url();
         let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let cfg = RunConfig {
             prometheus_url: prom,
@@ -222,6 +232,62 @@ fn controller_memory(_c: &mut Criterion) {
         );
         let _ = tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+
+        // The real binary, when given.
+        let Ok(bin) = std::env::var("GOODPUT_BIN") else {
+            eprintln!("set GOODPUT_BIN to a goodput binary to measure `goodput autoscaler run` itself");
+            return;
+        };
+        for m in fake.list("/apis/goodput.dev/v1alpha1/modelautoscalers") {
+            // Forget the in-process run's status, so that the binary's first pass is visible.
+            let mut m = m.clone();
+            m.as_object_mut().unwrap().remove("status");
+            m["spec"]["policy"]["intervalSeconds"] = 31.into();
+            fake.apply("/apis/goodput.dev/v1alpha1/modelautoscalers", m);
+        }
+        let dir = std::env::temp_dir().join(format!("goodput-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: default}}\ncurrent-context: fake\n",
+                fake.url()
+            ),
+        )
+        .unwrap();
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut child = std::process::Command::new(&bin)
+            .args(["autoscaler", "run", "--prometheus", &closed_url()])
+            .args(["--http-addr", &http.to_string(), "--lease-name", "goodput-bin"])
+            .args(["--prometheus-timeout-s", "0.2"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let started = Instant::now();
+        loop {
+            let done = fake
+                .list("/apis/goodput.dev/v1alpha1/modelautoscalers")
+                .iter()
+                .filter(|m| m["status"]["observedGeneration"] == 2)
+                .count();
+            if done == OBJECTS || started.elapsed() > Duration::from_secs(300) {
+                let (rss, hwm) = rss_of(&pid);
+                eprintln!(
+                    "`{bin} autoscaler run`: reconciled {done}/{OBJECTS} in {:.1?}; VmRSS {rss} KiB, VmHWM {hwm} KiB",
+                    started.elapsed()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 

@@ -337,3 +337,25 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
     assert!(result.unwrap().is_ok());
     servers.shutdown().await;
 }
+
+/// Two controller replicas: one Lease, one leader; the other takes over only once the leader
+/// has stopped renewing for the Lease's duration, and a stale write loses with 409 Conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_replica_leads() {
+    use goodput_autoscaler::controller::leader::LeaseLock;
+    let fake = FakeKube::start().await;
+    let duration = Duration::from_secs(1);
+    let a = LeaseLock::new(fake.client(), "goodput-system", "lead", "a", duration);
+    let b = LeaseLock::new(fake.client(), "goodput-system", "lead", "b", duration);
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    // `a` stops renewing; after the duration `b` takes the Lease and `a` cannot take it back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(b.try_acquire_or_renew().await.unwrap());
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    let lease = fake.get(LEASES, "goodput-system", "lead").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}

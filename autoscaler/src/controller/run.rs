@@ -452,17 +452,17 @@ pub async fn run(
     http.set_ready(true);
     let controller = tokio::spawn(run_controller(ctx, cfg.namespace.clone(), stop_rx.clone()));
     let lost = async {
-        match lease_task {
-            Some(_) => {
-                let _ = lead_rx.wait_for(|l| !*l).await;
-            }
-            None => std::future::pending::<()>().await,
+        // Leadership is lost when the flag goes false; the sender going away means the lease
+        // task stopped because we are shutting down, which is not a loss.
+        if lease_task.is_none() || lead_rx.wait_for(|l| !*l).await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
     let mut stop_wait = stop_rx.clone();
     let result = tokio::select! {
-        _ = lost => Err(RunError::LostLease),
+        biased;
         _ = stop_wait.wait_for(|s| *s) => Ok(()),
+        _ = lost => Err(RunError::LostLease),
     };
     let _ = stop_tx.send(true);
     http.set_ready(false);

@@ -205,7 +205,7 @@ pub struct ModelVariant {
     /// Accelerators per replica (the tensor-parallel degree), a power of two.
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("self > 0 && (self & (self - 1)) == 0").message("acceleratorsPerReplica must be a power of two"))]
+    #[x_kube(validation = Rule::new("self in [1, 2, 4, 8, 16, 32, 64]").message("acceleratorsPerReplica must be a power of two"))]
     pub accelerators_per_replica: u32,
     pub scale_target_ref: ScaleTargetRef,
     #[serde(default)]

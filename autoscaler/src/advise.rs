@@ -239,4 +239,14 @@ pools:
         assert!(msg.starts_with("bad.yaml is not an advise config"), "{msg}");
         assert!(msg.contains("model"), "{msg}");
     }
+
+    proptest::proptest! {
+        /// Any text, YAML-looking or not, is a config or an error, never a panic.
+        #[test]
+        fn any_text_parses_or_errors(text in "(spec:|pools:|  |model: |[a-z{}:,\\[\\]\n -]){0,40}") {
+            if let Err(e) = AdviseConfig::from_yaml(&text, "fuzz.yaml") {
+                proptest::prop_assert!(e.to_string().starts_with("fuzz.yaml is not an advise config"));
+            }
+        }
+    }
 }

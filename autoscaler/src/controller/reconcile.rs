@@ -421,7 +421,7 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         (g, snap.now),
     );
 
-    let (desired, reasons, metrics_ok, capacity_limited) = match &snap.metrics {
+    let (mut desired, mut reasons, metrics_ok, capacity_limited) = match &snap.metrics {
         Err(message) => {
             // Prometheus down: hold the last decision, never decide on a gap.
             let held = previous_desired.clone().unwrap_or_else(|| targets.clone());
@@ -560,6 +560,19 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         },
         (g, snap.now),
     );
+
+    // Whatever was held (a workload's own count, a decision made under an older spec), what is
+    // actuated stays within the spec's bounds.
+    for (i, v) in spec.variants.iter().enumerate() {
+        let bounded = desired[i].clamp(v.min_replicas, v.max_replicas.max(v.min_replicas));
+        if bounded != desired[i] {
+            reasons[i] = format!(
+                "{} (held {} clamped to [{}, {}])",
+                reasons[i], desired[i], v.min_replicas, v.max_replicas
+            );
+            desired[i] = bounded;
+        }
+    }
 
     // Events for changed targets.
     let before = previous_desired.clone().unwrap_or_else(|| targets.clone());
@@ -895,5 +908,60 @@ policy: { actuation: scale, intervalSeconds: 30 }
                 .any(|e| e.warning && e.reason == "InvalidSpec")
         );
         assert_eq!(out.status.observed_generation, Some(3));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever a user writes in a spec, and whatever Prometheus answers, a reconcile
+        /// returns an outcome (valid or InvalidSpec) and never panics.
+        #[test]
+        fn any_spec_and_any_metrics_reconcile_without_panicking(
+            min in 0u32..20, max in 0u32..20, tp in 0u32..9, devices in 0u32..64,
+            ttft in proptest::prop_oneof![-10.0f64..5000.0, proptest::strategy::Just(f64::NAN), proptest::strategy::Just(f64::INFINITY)],
+            pct in -5.0f64..150.0,
+            rate in proptest::prop_oneof![0.0f64..100.0, proptest::strategy::Just(f64::NAN), proptest::strategy::Just(-1.0)],
+            prompt in proptest::prop_oneof![0.0f64..20000.0, proptest::strategy::Just(f64::INFINITY)],
+            age in 0.0f64..1000.0,
+            scaled in proptest::option::of(0u32..40),
+        ) {
+            let mut spec = spec();
+            spec.variants[0].min_replicas = min;
+            spec.variants[0].max_replicas = max;
+            spec.variants[0].accelerators_per_replica = tp;
+            spec.slo.ttft.target_ms = ttft;
+            spec.slo.itl.percentile = pct;
+            let mut pools = pools();
+            if let Some(p) = pools.get_mut("h100") {
+                p.devices = devices;
+            }
+            let mut o = obs(1.0);
+            if let Some(l) = o.get_mut(&vec!["h100".to_string()]) {
+                l.request_rate = rate;
+                l.mean_prompt_tokens = prompt;
+                l.age_s = age;
+            }
+            let cur = [scaled.map(|s| ScaleState { spec: s, status: s / 2 }), None];
+            let mut r = Reconciler::new(Catalog::builtin(), CapacityCache::default());
+            let out = r.reconcile(&Snapshot {
+                namespace: "llm",
+                name: "p",
+                generation: Some(1),
+                spec: &spec,
+                pools: &pools,
+                current: &cur,
+                metrics: Ok(&o),
+                previous: None,
+                now: at(0),
+            });
+            match out.error {
+                Some(ErrorReason::InvalidSpec) => proptest::prop_assert!(out.desired.is_empty()),
+                _ => {
+                    for (d, v) in out.desired.iter().zip(&spec.variants) {
+                        proptest::prop_assert!(d.replicas <= v.max_replicas.max(v.min_replicas));
+                    }
+                }
+            }
+        }
     }
 }

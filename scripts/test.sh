@@ -48,3 +48,7 @@ fi
 
 step "tests"
 cargo test --workspace --all-features --no-fail-fast
+
+step "deploy: alerts, dashboards (live stack), chart, Dockerfile"
+# Uses target/debug/goodput, which the test step above built.
+bash scripts/check-deploy.sh

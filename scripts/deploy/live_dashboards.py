@@ -10,28 +10,27 @@ What it starts (all real processes on loopback, ephemeral ports, a temporary dir
   - component "predictor": `goodput predictor serve`, fed training rows and bulk predictions by
     this script as a scheduler would;
   - component "advise": `goodput autoscaler advise --prometheus (this Prometheus) --config
-    (llama-3.1-8b, variants h100 and l40s) --serve PORT` -- written against the controller
-    branch's flags (issue 7) and OFF by default until that branch is merged: then add it to
-    DEFAULT_COMPONENTS;
+    (llama-3.1-8b, variants h100 and l40s) --serve PORT`;
   - component "scheduler": `goodput scheduler serve` over the simulated servers behind a real
     Envoy 1.40 ($GOODPUT_TOOLS/envoy, docs/guides/examples/envoy-ext-proc.yaml), with load and
-    SLO-tagged requests sent through Envoy -- written against the scheduler branch's flags
-    (issue 6) and OFF by default until that branch is merged: then add it to DEFAULT_COMPONENTS;
-  - component "controller": the Kubernetes controller's own series (goodput_reconcile_*,
-    goodput_pool_*) need a Kubernetes API server and are never live here; the controller's tests
-    (an in-process imitation of the API server) cover them.
+    SLO-tagged requests sent through Envoy;
+  - advise exports the same goodput_* series as the controller (desired/current replicas, load,
+    forecast, cost, goodput_reconcile_*, goodput_pool_*), so the controller's panels are checked
+    against it; the controller itself needs a Kubernetes API server (its tests use an in-process
+    imitation of one).
 
 Then it substitutes every dashboard's template variables (All -> `.*`, custom variables -> their
 default, $__rate_interval and $__range -> fixed windows), runs each panel target and each
 template-variable query as an instant query through Prometheus' HTTP API, and requires a finite
 value for every target whose components are all running. Targets that need a component not
-running are listed by component at the end (never silently dropped); with GOODPUT_LIVE_STRICT=1
-any such target fails the run.
+running fail the run (the default, GOODPUT_LIVE_STRICT=1); with GOODPUT_LIVE_STRICT=0 they are
+listed by component at the end instead, for a partial run.
 
 Environment:
   GOODPUT_BIN              the goodput binary (default: $CARGO_TARGET_DIR or target, /debug/goodput)
-  GOODPUT_LIVE_COMPONENTS  comma list of components to start (default: vllm,predictor)
-  GOODPUT_LIVE_STRICT      1: every target of every dashboard must be live-tested
+  GOODPUT_LIVE_COMPONENTS  comma list of components to start (default: all of them:
+                           vllm,predictor,scheduler,advise)
+  GOODPUT_LIVE_STRICT      1 (default): every target of every dashboard must be live-tested
   GOODPUT_LIVE_TIMEOUT_S   how long to wait for all queries to return data (default 120)
 """
 
@@ -52,8 +51,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_COMPONENTS = "vllm,predictor"
-ALL_COMPONENTS = ["vllm", "predictor", "scheduler", "advise", "controller"]
+DEFAULT_COMPONENTS = "vllm,predictor,scheduler,advise"
+ALL_COMPONENTS = ["vllm", "predictor", "scheduler", "advise"]
 NAMESPACE = "goodput-live"
 MODEL = "llama-3.1-8b"
 RATE_INTERVAL = "15s"
@@ -75,8 +74,6 @@ def components_of(expr):
             needs.add("predictor")
         elif name.startswith("goodput_scheduler_"):
             needs.add("scheduler")
-        elif name.startswith(("goodput_reconcile_", "goodput_pool_")):
-            needs.add("controller")
         elif name.startswith("goodput_"):
             needs.add("advise")
     return needs
@@ -377,11 +374,9 @@ def main():
     for c in components:
         if c not in ALL_COMPONENTS:
             fail(f"unknown component {c!r} in GOODPUT_LIVE_COMPONENTS (known: {', '.join(ALL_COMPONENTS)})")
-    if "controller" in components:
-        fail("component 'controller' needs a Kubernetes API server and cannot run here")
     if "scheduler" in components and "vllm" not in components:
         fail("component 'scheduler' needs component 'vllm' (its endpoints)")
-    strict = os.environ.get("GOODPUT_LIVE_STRICT") == "1"
+    strict = os.environ.get("GOODPUT_LIVE_STRICT", "1") == "1"
     timeout = float(os.environ.get("GOODPUT_LIVE_TIMEOUT_S", "120"))
 
     queries = []

@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch. Every flag can also be set through the environment
 //! variable named in `--help`.
 
+mod autoscaler;
+mod crd;
 mod predictor;
 mod scheduler;
 mod sim;
@@ -50,6 +52,11 @@ pub enum Command {
     /// Pick the endpoint for every request behind Envoy (ext_proc), SLO-aware.
     #[command(subcommand)]
     Scheduler(scheduler::SchedulerCommand),
+    /// The Kubernetes controller (`run`) and recommendations from Prometheus (`advise`).
+    #[command(subcommand)]
+    Autoscaler(autoscaler::AutoscalerCommand),
+    /// Print goodput's CustomResourceDefinitions (ModelAutoscaler, AcceleratorPool) as YAML.
+    Crd,
 }
 
 /// Sets up `tracing` on stderr.
@@ -71,6 +78,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Predictor(cmd) => predictor::run(cmd),
         Command::Scheduler(cmd) => scheduler::run(cmd),
+        Command::Autoscaler(cmd) => autoscaler::run(cmd),
+        Command::Crd => crd::run(),
     }
 }
 

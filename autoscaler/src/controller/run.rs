@@ -1,0 +1,471 @@
+//! `goodput autoscaler run`: the kube-runtime Controller around the pure reconcile.
+//!
+//! Per ModelAutoscaler, every `spec.policy.intervalSeconds` (and on any change to it or to an
+//! AcceleratorPool): list the pools, read each variant's `/scale`, collect the model's metrics
+//! from Prometheus, run [`Reconciler::reconcile`], then write the status subresource (JSON merge
+//! patch), publish its Events (`events.k8s.io/v1` via kube's `Recorder`), and actuate (exported
+//! gauges; the KEDA scaler's store; or `/scale` patches). Only the Lease holder runs the
+//! Controller (see [`super::leader`]); `/healthz`, `/readyz`, `/metrics` serve throughout.
+//!
+//! Status writes echo back as watch events; a reconcile whose object generation and pools are
+//! unchanged since the last pass, less than an interval ago, only requeues, so the echo does not
+//! feed the forecaster an extra sample.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use goodput_core::Catalog;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+use super::http::{HttpState, router};
+use super::leader::LeaseLock;
+use super::reconcile::{Reconciler, ScaleState, Snapshot};
+use super::shared_capacity::CapacityCache;
+use crate::actuation::{DesiredKey, DesiredStore, keda::KedaScaler, scale};
+use crate::advise::scope_of;
+use crate::crd::{AcceleratorPool, AcceleratorPoolSpec, Actuation, ModelAutoscaler};
+use crate::export::{ControllerMetrics, ErrorReason};
+use crate::metrics::{Grouping, PromHttp, collect};
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub prometheus_url: String,
+    pub prometheus_timeout: Duration,
+    /// Watch one namespace only (all when None).
+    pub namespace: Option<String>,
+    /// Also export `wva_desired_replicas`.
+    pub wva_metrics: bool,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http_addr: SocketAddr,
+    /// KEDA external scaler gRPC address (None: not served).
+    pub keda_addr: Option<SocketAddr>,
+    /// Lease namespace and name; None disables leader election (one replica only).
+    pub lease: Option<(String, String)>,
+    pub lease_duration: Duration,
+    /// This replica's identity (pod name).
+    pub identity: String,
+    /// Field manager and Event reporter name.
+    pub controller_name: String,
+}
+
+/// Errors that stop the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("Prometheus client: {0}")]
+    Prometheus(#[from] crate::metrics::MetricsError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("lost the leader lease; exiting so that another replica takes over")]
+    LostLease,
+    #[error("KEDA scaler server: {0}")]
+    Keda(String),
+}
+
+/// Reconcile failures (requeued with back-off by the error policy).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object without namespace")]
+    NoNamespace,
+}
+
+/// When an object was last decided, at which generation, with which pools.
+type LastPass = (Instant, Option<i64>, String);
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub prom: PromHttp,
+    pub reconciler: Arc<Mutex<Reconciler>>,
+    pub metrics: ControllerMetrics,
+    pub recorder: Recorder,
+    pub store: DesiredStore,
+    pub controller_name: String,
+    /// Per object: (last pass, generation, pools fingerprint).
+    last: Mutex<HashMap<String, LastPass>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        prom: PromHttp,
+        metrics: ControllerMetrics,
+        store: DesiredStore,
+        controller_name: &str,
+        identity: &str,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: controller_name.into(),
+                instance: Some(identity.into()),
+            },
+        );
+        Self {
+            client,
+            prom,
+            reconciler: Arc::new(Mutex::new(Reconciler::new(
+                Catalog::builtin(),
+                CapacityCache::default(),
+            ))),
+            metrics,
+            recorder,
+            store,
+            controller_name: controller_name.into(),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A client from the in-cluster service account or the local kubeconfig.
+pub async fn infer_client() -> Result<Client, kube::Error> {
+    Client::try_default().await
+}
+
+/// The current time, as reconciles take it.
+pub fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// One reconcile of one ModelAutoscaler.
+pub async fn reconcile(
+    ma: Arc<ModelAutoscaler>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let namespace = ma.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let name = ma.name_any();
+    let key = format!("{namespace}/{name}");
+    let interval = Duration::from_secs(u64::from(ma.spec.policy.interval_seconds.max(1)));
+    if ma.meta().deletion_timestamp.is_some() {
+        forget(&ctx, &namespace, &name);
+        return Ok(Action::await_change());
+    }
+    let pools: BTreeMap<String, AcceleratorPoolSpec> =
+        Api::<AcceleratorPool>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .inspect_err(|_| ctx.metrics.error(ErrorReason::Kube))?
+            .into_iter()
+            .map(|p| (p.name_any(), p.spec))
+            .collect();
+    let pools_fp = serde_json::to_string(&pools).unwrap_or_default();
+    let generation = ma.meta().generation;
+    {
+        let last = ctx.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, g, fp)) = last.get(&key)
+            && *g == generation
+            && *fp == pools_fp
+            && t.elapsed() < interval
+        {
+            return Ok(Action::requeue(interval - t.elapsed()));
+        }
+    }
+    ctx.last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), (Instant::now(), generation, pools_fp));
+
+    let mut current = Vec::with_capacity(ma.spec.variants.len());
+    for v in &ma.spec.variants {
+        current.push(
+            scale::read(&ctx.client, &namespace, &v.scale_target_ref)
+                .await
+                .inspect_err(
+                    |e| tracing::debug!(target = %v.scale_target_ref.name, error = %e, "no /scale"),
+                )
+                .ok(),
+        );
+    }
+    let metrics_started = Instant::now();
+    let observed = collect(&ctx.prom, &scope_of(&ma.spec), Grouping::Variant)
+        .await
+        .map_err(|e| e.to_string());
+    let prometheus_time = metrics_started.elapsed();
+
+    // The decision may probe the engine model (CPU-bound, cached): off the async workers.
+    let reconciler = ctx.reconciler.clone();
+    let spec = ma.spec.clone();
+    let previous = ma.status.clone();
+    let (ns2, name2) = (namespace.clone(), name.clone());
+    let pools2 = pools.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let current: Vec<Option<ScaleState>> = current;
+        let snap = Snapshot {
+            namespace: &ns2,
+            name: &name2,
+            generation,
+            spec: &spec,
+            pools: &pools2,
+            current: &current,
+            metrics: observed.as_ref().map_err(|e| e.clone()),
+            previous: previous.as_ref(),
+            now: Timestamp::now(),
+        };
+        reconciler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reconcile(&snap)
+    })
+    .await
+    .map_err(|e| {
+        ReconcileError::Kube(kube::Error::Service(Box::new(std::io::Error::other(
+            e.to_string(),
+        ))))
+    })?;
+
+    // Status.
+    let api: Api<ModelAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({ "status": outcome.status });
+    let pp = PatchParams {
+        field_manager: Some(ctx.controller_name.clone()),
+        ..PatchParams::default()
+    };
+    if let Err(e) = api.patch_status(&name, &pp, &Patch::Merge(&patch)).await {
+        ctx.metrics.error(ErrorReason::Kube);
+        tracing::warn!(%key, error = %e, "status patch failed");
+    }
+    // Actuation.
+    let mut events = outcome.events.clone();
+    for p in &outcome.patches {
+        if let Err(e) = scale::patch(
+            &ctx.client,
+            &namespace,
+            &p.target,
+            p.replicas,
+            &ctx.controller_name,
+        )
+        .await
+        {
+            ctx.metrics.error(ErrorReason::Actuation);
+            events.push(super::reconcile::EventNote {
+                warning: true,
+                reason: "ScaleFailed".into(),
+                note: format!("{} {}: {e}", p.target.kind, p.target.name),
+            });
+        }
+    }
+    if outcome.actuation == Actuation::Keda {
+        for d in &outcome.desired {
+            ctx.store.set(
+                DesiredKey {
+                    namespace: namespace.clone(),
+                    autoscaler: name.clone(),
+                    variant: d.variant.clone(),
+                },
+                d.replicas,
+            );
+        }
+    }
+    let slo = (
+        ma.spec.slo.ttft.target_ms / 1e3,
+        ma.spec.slo.itl.target_ms / 1e3,
+    );
+    ctx.metrics
+        .record(&namespace, &ma.spec.model, slo, &outcome);
+    for (pool_name, pool) in &pools {
+        let used: u32 = outcome
+            .desired
+            .iter()
+            .filter(|d| &d.pool == pool_name)
+            .map(|d| d.replicas * d.devices_per_replica)
+            .sum();
+        ctx.metrics
+            .pool(pool_name, &pool.accelerator_type, pool.devices, used);
+    }
+    // Events.
+    let reference = ma.object_ref(&());
+    for e in events {
+        let ev = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason,
+            note: Some(e.note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+            ctx.metrics.error(ErrorReason::Kube);
+            tracing::warn!(%key, error = %err, "event not published");
+        }
+    }
+    ctx.metrics
+        .reconcile_duration_seconds
+        .observe((started.elapsed().saturating_sub(prometheus_time)).as_secs_f64());
+    tracing::info!(%key, desired = outcome.status.desired_replicas, reason = %outcome.status.reason, "reconciled");
+    Ok(Action::requeue(interval))
+}
+
+fn forget(ctx: &Context, namespace: &str, name: &str) {
+    ctx.reconciler
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .forget(namespace, name);
+    ctx.store.remove_autoscaler(namespace, name);
+    ctx.last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&format!("{namespace}/{name}"));
+}
+
+fn error_policy(_ma: Arc<ModelAutoscaler>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, "reconcile failed");
+    ctx.metrics.error(ErrorReason::Kube);
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Runs the Controller until `stop` fires.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = ctx.client.clone();
+    let mas: Api<ModelAutoscaler> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let pools: Api<AcceleratorPool> = Api::all(client);
+    let controller = Controller::new(mas, watcher::Config::default());
+    let reader = controller.store();
+    controller
+        .watches(
+            pools,
+            watcher::Config::default(),
+            move |pool: AcceleratorPool| {
+                let name = pool.name_any();
+                reader
+                    .state()
+                    .into_iter()
+                    .filter(|ma| ma.spec.variants.iter().any(|v| v.pool == name))
+                    .map(|ma| ObjectRef::from_obj(&*ma))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+/// The whole controller process: HTTP endpoints, optional KEDA scaler, leader election, and the
+/// Controller while leading. Returns on `shutdown` or when the lease is lost.
+pub async fn run(
+    client: Client,
+    cfg: RunConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let prom = PromHttp::new(&cfg.prometheus_url, cfg.prometheus_timeout)?;
+    let mut registry = crate::export::registry();
+    let mut wva = prometheus_client::registry::Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry, cfg.wva_metrics.then_some(&mut wva));
+    let http = HttpState::new(vec![registry, wva]);
+    let store = DesiredStore::default();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        prom,
+        metrics,
+        store.clone(),
+        &cfg.controller_name,
+        &cfg.identity,
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let app = router(http.clone());
+    let mut http_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    if let Some(addr) = cfg.keda_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })?;
+        let svc = KedaScaler::new(store).into_service();
+        let mut keda_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = keda_stop.wait_for(|s| *s).await;
+                })
+                .await
+            {
+                tracing::error!(error = %e, "KEDA scaler server stopped");
+            }
+        });
+    }
+
+    let (lead_tx, mut lead_rx) = watch::channel(cfg.lease.is_none());
+    let lease_task = cfg.lease.as_ref().map(|(ns, name)| {
+        let lock = LeaseLock::new(client.clone(), ns, name, &cfg.identity, cfg.lease_duration);
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { lock.hold(lead_tx, stop).await })
+    });
+    // Wait to lead (or to stop).
+    let mut stop_wait = stop_rx.clone();
+    tokio::select! {
+        r = lead_rx.wait_for(|l| *l) => if r.is_err() { return Err(RunError::LostLease) },
+        _ = stop_wait.wait_for(|s| *s) => return Ok(()),
+    }
+    http.set_ready(true);
+    let controller = tokio::spawn(run_controller(ctx, cfg.namespace.clone(), stop_rx.clone()));
+    let lost = async {
+        // Leadership is lost when the flag goes false; the sender going away means the lease
+        // task stopped because we are shutting down, which is not a loss.
+        if lease_task.is_none() || lead_rx.wait_for(|l| !*l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut stop_wait = stop_rx.clone();
+    let result = tokio::select! {
+        biased;
+        _ = stop_wait.wait_for(|s| *s) => Ok(()),
+        _ = lost => Err(RunError::LostLease),
+    };
+    let _ = stop_tx.send(true);
+    http.set_ready(false);
+    let _ = controller.await;
+    result
+}

@@ -158,6 +158,7 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
         identity: "controller-0".into(),
         controller_name: "goodput-controller".into(),
     };
+    let cfg_for_standby = cfg.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(run(fake.client(), cfg, async move {
         let _ = stop_rx.await;
@@ -201,6 +202,48 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
             .status()
             .is_success()
     );
+    // A second replica stands by: ready (so a rolling update can replace the leader), not
+    // holding the Lease, not exporting decisions.
+    let standby_port = free_port();
+    let standby_cfg = RunConfig {
+        http_addr: SocketAddr::new(local, standby_port),
+        identity: "controller-1".into(),
+        ..cfg_for_standby
+    };
+    let (standby_stop_tx, standby_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let standby = tokio::spawn(run(fake.client(), standby_cfg, async move {
+        let _ = standby_stop_rx.await;
+    }));
+    let standby_base = format!("http://127.0.0.1:{standby_port}");
+    let mut standby_ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{standby_base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            standby_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(standby_ready, "the standby replica never became ready");
+    let lease = fake
+        .get(LEASES, "goodput-system", "goodput-controller")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "controller-0");
+    let standby_text = http
+        .get(format!("{standby_base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !standby_text.contains("goodput_desired_replicas{"),
+        "{standby_text}"
+    );
+    let _ = standby_stop_tx.send(());
+    standby.await.unwrap().unwrap();
     let text = http
         .get(format!("{base}/metrics"))
         .send()

@@ -437,6 +437,10 @@ pub async fn run(
         });
     }
 
+    // Ready means serving, leader or standby: a pod that only became ready once it led would
+    // never become ready during a rolling update (the old pod holds the Lease until it is
+    // replaced), and the rollout would stall.
+    http.set_ready(true);
     let (lead_tx, mut lead_rx) = watch::channel(cfg.lease.is_none());
     let lease_task = cfg.lease.as_ref().map(|(ns, name)| {
         let lock = LeaseLock::new(client.clone(), ns, name, &cfg.identity, cfg.lease_duration);
@@ -446,10 +450,12 @@ pub async fn run(
     // Wait to lead (or to stop).
     let mut stop_wait = stop_rx.clone();
     tokio::select! {
-        r = lead_rx.wait_for(|l| *l) => if r.is_err() { return Err(RunError::LostLease) },
+        r = lead_rx.wait_for(|l| *l) => if r.is_err() {
+            // The lease task ends when asked to stop: that is a shutdown, not a lost lease.
+            return if *stop_rx.borrow() { Ok(()) } else { Err(RunError::LostLease) };
+        },
         _ = stop_wait.wait_for(|s| *s) => return Ok(()),
     }
-    http.set_ready(true);
     let controller = tokio::spawn(run_controller(ctx, cfg.namespace.clone(), stop_rx.clone()));
     let lost = async {
         // Leadership is lost when the flag goes false; the sender going away means the lease

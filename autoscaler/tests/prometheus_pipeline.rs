@@ -7,10 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use goodput_autoscaler::metrics::{Grouping, PromHttp, Scope, collect};
 use goodput_core::Catalog;
@@ -19,90 +18,11 @@ use goodput_sim::live::load::{LoadConfig, RequestSample, run_load};
 use goodput_sim::live::server::{LiveServers, ServerConfig};
 use goodput_sim::workload::generate::{GeneratorSpec, LengthProfile, PrefixProfile};
 
+#[path = "support/prom.rs"]
+mod prom;
+use prom::Prometheus;
+
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// A Prometheus server for the length of a test.
-struct Prometheus {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Prometheus {
-    fn binary() -> String {
-        let bin = std::env::var("GOODPUT_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
-        let found = Command::new(&bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "`{bin}` not found: install Debian's prometheus package (scripts/test.sh does) or set \
-             GOODPUT_PROMETHEUS"
-        );
-        bin
-    }
-
-    /// Starts Prometheus scraping each (variant, targets) job every second.
-    fn start(jobs: &[(&str, &[SocketAddr])]) -> Self {
-        let port = std::net::TcpListener::bind((LOCAL, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("goodput-prom-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut config = String::from(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n",
-        );
-        for (variant, addrs) in jobs {
-            let targets: Vec<String> = addrs.iter().map(|a| format!("'{a}'")).collect();
-            config.push_str(&format!(
-                "  - job_name: {variant}\n    static_configs:\n      - targets: [{}]\n        labels: {{variant: {variant}}}\n",
-                targets.join(", ")
-            ));
-        }
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let child = Command::new(Self::binary())
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let prom = Prometheus { child, url, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        prom
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Sums every sample of `name` (any labels) in a text exposition.
 fn metric_sum(text: &str, name: &str) -> f64 {
@@ -127,23 +47,6 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[rank - 1]
 }
 
-async fn wait_until_ready(url: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{url}/-/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus at {url} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_returns_what_the_servers_did() {
     let catalog = Catalog::builtin();
@@ -162,8 +65,7 @@ async fn every_query_returns_what_the_servers_did() {
     let l40s = LiveServers::start(&catalog, &l40s_cfg, LOCAL, 0, 1)
         .await
         .unwrap();
-    let prom = Prometheus::start(&[("h100", &h100.addrs), ("l40s", &l40s.addrs)]);
-    wait_until_ready(&prom.url).await;
+    let prom = Prometheus::start(&[("h100", &h100.addrs), ("l40s", &l40s.addrs)]).await;
     // Let every target be scraped at zero before the load starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
 

@@ -116,6 +116,11 @@ fn load(rate: f64, duration_s: f64, urls: Vec<String>, seed: u64) -> tokio::task
     })
 }
 
+/// The body of a GET, which must succeed.
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -230,28 +235,14 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
         .get(LEASES, "goodput-system", "goodput-controller")
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "controller-0");
-    let standby_text = http
-        .get(format!("{standby_base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let standby_text = get_text(&http, &format!("{standby_base}/metrics")).await;
     assert!(
         !standby_text.contains("goodput_desired_replicas{"),
         "{standby_text}"
     );
     let _ = standby_stop_tx.send(());
     standby.await.unwrap().unwrap();
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, &format!("{base}/metrics")).await;
     assert!(
         text.contains("goodput_desired_replicas{namespace=\"llm\",model=\"llama-3.1-8b\",variant=\"h100\",accelerator=\"l40s\",role=\"unified\"}"),
         "{text}"
@@ -283,14 +274,7 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
         "{events:#?}"
     );
     assert!(fake.get(DEPLOYMENTS, "llm", "broken-h100").is_none());
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, &format!("{base}/metrics")).await;
     assert!(
         text.contains("goodput_reconcile_errors_total{reason=\"invalid_spec\"}"),
         "{text}"

@@ -343,6 +343,28 @@ impl ControllerMetrics {
         }
     }
 
+    /// Sets each variant's current replicas only: a target scaled between decisions (seen by the
+    /// watch on Deployments and StatefulSets) shows on the dashboards without a new decision.
+    pub fn current(
+        &self,
+        namespace: &str,
+        model: &str,
+        desired: &[crate::controller::reconcile::Desired],
+    ) {
+        for d in desired {
+            if let Some(c) = d.current {
+                let vl = VariantLabels {
+                    namespace: namespace.into(),
+                    model: model.into(),
+                    variant: d.variant.clone(),
+                    accelerator: d.accelerator.clone(),
+                    role: d.role.as_str().into(),
+                };
+                self.current_replicas.get_or_create(&vl).set(c as f64);
+            }
+        }
+    }
+
     /// Sets a pool's capacity and the devices the desired replicas take from it.
     pub fn pool(&self, pool: &str, accelerator: &str, capacity: u32, used: u32) {
         let l = PoolLabels {

@@ -149,6 +149,13 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
     fake.apply(DEPLOYMENTS, deployment("llama-h100", 1));
     fake.apply(MAS, model_autoscaler("llama", "l40s-pool"));
     fake.apply(MAS, model_autoscaler("broken", "no-such-pool"));
+    // Decides every 5 minutes and exports its decision for HPA: any change to its Deployment
+    // seen before then came through the watch on its target.
+    let mut watched = model_autoscaler("watched", "l40s-pool");
+    watched["spec"]["policy"] =
+        json!({"actuation": "metrics", "intervalSeconds": 300, "startupSeconds": 30});
+    fake.apply(DEPLOYMENTS, deployment("watched-h100", 2));
+    fake.apply(MAS, watched);
 
     let http_port = free_port();
     let cfg = RunConfig {
@@ -280,7 +287,35 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
         "{text}"
     );
 
-    // 3. Ten times the load: the decision rises and /scale is patched with a merge patch.
+    // 3. A target scaled between decisions (by hand, or by HPA acting on the exported metric):
+    // status shows the new current replicas well before the next decision, and that decision
+    // (its time, its desired count) is untouched.
+    let before = wait_for(&fake, "watched", "decided", |ma| {
+        ma["status"]["variants"][0]["currentReplicas"] == 2
+    })
+    .await;
+    fake.apply(DEPLOYMENTS, deployment("watched-h100", 5));
+    let after = wait_for(&fake, "watched", "saw its target scaled", |ma| {
+        ma["status"]["variants"][0]["currentReplicas"] == 5
+    })
+    .await;
+    assert_eq!(
+        after["status"]["lastDecisionTime"],
+        before["status"]["lastDecisionTime"]
+    );
+    assert_eq!(
+        after["status"]["variants"][0]["desiredReplicas"],
+        before["status"]["variants"][0]["desiredReplicas"]
+    );
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r == "GET /apis/apps/v1/deployments"),
+        "{:?}",
+        fake.requests()
+    );
+
+    // 4. Ten times the load: the decision rises and /scale is patched with a merge patch.
     light.abort();
     let heavy = load(12.0, 600.0, servers.urls(), 2);
     let raised = wait_for(&fake, "llama", "raised its decision", |ma| {
@@ -322,7 +357,7 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
             .any(|e| e["regarding"]["name"] == "llama" && e["reason"] == "ScaleUp")
     );
 
-    // 4. Prometheus down: the decision is held and the condition says why.
+    // 5. Prometheus down: the decision is held and the condition says why.
     heavy.abort();
     let held_at =
         fake.get(MAS, "llm", "llama").unwrap()["status"]["variants"][0]["desiredReplicas"]

@@ -1,15 +1,17 @@
 //! `goodput autoscaler run`: the kube-runtime Controller around the pure reconcile.
 //!
-//! Per ModelAutoscaler, every `spec.policy.intervalSeconds` (and on any change to it or to an
-//! AcceleratorPool): list the pools, read each variant's `/scale`, collect the model's metrics
+//! Per ModelAutoscaler, every `spec.policy.intervalSeconds` (and on any change to it, to an
+//! AcceleratorPool, or to a Deployment or StatefulSet it scales): list the pools, read each variant's `/scale`, collect the model's metrics
 //! from Prometheus, run [`Reconciler::reconcile`], then write the status subresource (JSON merge
 //! patch), publish its Events (`events.k8s.io/v1` via kube's `Recorder`), and actuate (exported
 //! gauges; the KEDA scaler's store; or `/scale` patches). Only the Lease holder runs the
 //! Controller (see [`super::leader`]); `/healthz`, `/readyz`, `/metrics` serve throughout.
 //!
 //! Status writes echo back as watch events; a reconcile whose object generation and pools are
-//! unchanged since the last pass, less than an interval ago, only requeues, so the echo does not
-//! feed the forecaster an extra sample.
+//! unchanged since the last pass, less than an interval ago, does not decide again, so the echo
+//! does not feed the forecaster an extra sample. It still reads the targets' `/scale`: when a
+//! target was scaled in between (by hand, by HPA or KEDA acting on the exported metrics, or by a
+//! rollout), only the status's and the gauges' current replicas are refreshed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use goodput_core::Catalog;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -29,11 +32,13 @@ use tokio::sync::watch;
 
 use super::http::{HttpState, router};
 use super::leader::LeaseLock;
-use super::reconcile::{Reconciler, ScaleState, Snapshot};
+use super::reconcile::{Desired, Reconciler, ScaleState, Snapshot};
 use super::shared_capacity::CapacityCache;
 use crate::actuation::{DesiredKey, DesiredStore, keda::KedaScaler, scale};
 use crate::advise::scope_of;
-use crate::crd::{AcceleratorPool, AcceleratorPoolSpec, Actuation, ModelAutoscaler};
+use crate::crd::{
+    AcceleratorPool, AcceleratorPoolSpec, Actuation, ModelAutoscaler, ScaleTargetRef, VariantStatus,
+};
 use crate::export::{ControllerMetrics, ErrorReason};
 use crate::metrics::{Grouping, PromHttp, collect};
 
@@ -84,8 +89,19 @@ pub enum ReconcileError {
     NoNamespace,
 }
 
-/// When an object was last decided, at which generation, with which pools.
-type LastPass = (Instant, Option<i64>, String);
+/// What the last full pass of one object saw and wrote: enough to tell a status echo or a
+/// target's change from a reason to decide again, and to refresh current replicas alone.
+struct LastPass {
+    at: Instant,
+    generation: Option<i64>,
+    /// The AcceleratorPools' specs, serialised.
+    pools: String,
+    /// Each variant's `/scale` `spec.replicas` as last written to status.
+    current: Vec<Option<u32>>,
+    /// The status variants written (so a refresh never writes back an older decision).
+    variants: Vec<VariantStatus>,
+    desired: Vec<Desired>,
+}
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -166,21 +182,6 @@ pub async fn reconcile(
             .collect();
     let pools_fp = serde_json::to_string(&pools).unwrap_or_default();
     let generation = ma.meta().generation;
-    {
-        let last = ctx.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((t, g, fp)) = last.get(&key)
-            && *g == generation
-            && *fp == pools_fp
-            && t.elapsed() < interval
-        {
-            return Ok(Action::requeue(interval - t.elapsed()));
-        }
-    }
-    ctx.last
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key.clone(), (Instant::now(), generation, pools_fp));
-
     let mut current = Vec::with_capacity(ma.spec.variants.len());
     for v in &ma.spec.variants {
         current.push(
@@ -192,6 +193,41 @@ pub async fn reconcile(
                 .ok(),
         );
     }
+    let seen: Vec<Option<u32>> = current.iter().map(|c| c.map(|s| s.spec)).collect();
+    let refresh = {
+        let mut last = ctx.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get_mut(&key) {
+            Some(pass)
+                if pass.generation == generation
+                    && pass.pools == pools_fp
+                    && pass.at.elapsed() < interval =>
+            {
+                let wait = interval - pass.at.elapsed();
+                if pass.current == seen {
+                    return Ok(Action::requeue(wait));
+                }
+                pass.current.clone_from(&seen);
+                refreshed(pass, &seen).map(|r| (r, wait))
+            }
+            _ => None,
+        }
+    };
+    if let Some(((variants, desired), wait)) = refresh {
+        let api: Api<ModelAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": { "variants": variants } });
+        let pp = PatchParams {
+            field_manager: Some(ctx.controller_name.clone()),
+            ..PatchParams::default()
+        };
+        if let Err(e) = api.patch_status(&name, &pp, &Patch::Merge(&patch)).await {
+            ctx.metrics.error(ErrorReason::Kube);
+            tracing::warn!(%key, error = %e, "status patch failed");
+        }
+        ctx.metrics.current(&namespace, &ma.spec.model, &desired);
+        tracing::debug!(%key, "a target changed between decisions; current replicas refreshed");
+        return Ok(Action::requeue(wait));
+    }
+    let pass_started = Instant::now();
     let metrics_started = Instant::now();
     let observed = collect(&ctx.prom, &scope_of(&ma.spec), Grouping::Variant)
         .await
@@ -272,6 +308,17 @@ pub async fn reconcile(
             );
         }
     }
+    ctx.last.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        key.clone(),
+        LastPass {
+            at: pass_started,
+            generation,
+            pools: pools_fp,
+            current: seen,
+            variants: outcome.status.variants.clone(),
+            desired: outcome.desired.clone(),
+        },
+    );
     let slo = (
         ma.spec.slo.ttft.target_ms / 1e3,
         ma.spec.slo.itl.target_ms / 1e3,
@@ -314,6 +361,43 @@ pub async fn reconcile(
     Ok(Action::requeue(interval))
 }
 
+/// The last pass's status variants and desired counts with `seen` as the current replicas; None
+/// when the last pass wrote no variants (an invalid spec).
+fn refreshed(pass: &LastPass, seen: &[Option<u32>]) -> Option<(Vec<VariantStatus>, Vec<Desired>)> {
+    if pass.variants.len() != seen.len() || pass.desired.len() != seen.len() {
+        return None;
+    }
+    let mut variants = pass.variants.clone();
+    let mut desired = pass.desired.clone();
+    for ((v, d), s) in variants.iter_mut().zip(&mut desired).zip(seen) {
+        v.current_replicas = s.unwrap_or(0);
+        d.current = *s;
+    }
+    Some((variants, desired))
+}
+
+/// The ModelAutoscalers with a variant scaling `kind` `name` in `namespace` (`apps/v1` only).
+fn scaling(
+    autoscalers: &[Arc<ModelAutoscaler>],
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<ModelAutoscaler>> {
+    let targets =
+        |t: &ScaleTargetRef| t.api_version == "apps/v1" && t.kind == kind && t.name == name;
+    autoscalers
+        .iter()
+        .filter(|ma| ma.namespace().as_deref() == namespace)
+        .filter(|ma| {
+            ma.spec
+                .variants
+                .iter()
+                .any(|v| targets(&v.scale_target_ref))
+        })
+        .map(|ma| ObjectRef::from_obj(&**ma))
+        .collect()
+}
+
 fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.reconciler
         .lock()
@@ -343,10 +427,45 @@ pub async fn run_controller(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let pools: Api<AcceleratorPool> = Api::all(client);
+    let pools: Api<AcceleratorPool> = Api::all(client.clone());
+    // The targets are watched so that a change to one shows in status before the next interval.
+    // LeaderWorkerSets are read each interval only: their CRD may not be installed, and a watch
+    // on a missing resource would fail for as long as the controller runs.
+    let (deployments, statefulsets): (Api<Deployment>, Api<StatefulSet>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
     let controller = Controller::new(mas, watcher::Config::default());
     let reader = controller.store();
+    let (deployment_reader, statefulset_reader) = (reader.clone(), reader.clone());
     controller
+        .watches(
+            deployments,
+            watcher::Config::default(),
+            move |d: Deployment| {
+                scaling(
+                    &deployment_reader.state(),
+                    "Deployment",
+                    d.namespace().as_deref(),
+                    &d.name_any(),
+                )
+            },
+        )
+        .watches(
+            statefulsets,
+            watcher::Config::default(),
+            move |s: StatefulSet| {
+                scaling(
+                    &statefulset_reader.state(),
+                    "StatefulSet",
+                    s.namespace().as_deref(),
+                    &s.name_any(),
+                )
+            },
+        )
         .watches(
             pools,
             watcher::Config::default(),

@@ -2,6 +2,7 @@
 //! wrapper; the work happens in the libraries.
 
 mod cli;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -9,8 +10,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(&args.log);
-    match cli::dispatch(args) {
+    let telemetry = match telemetry::init(&args.telemetry()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = cli::dispatch(args);
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line naming the cause chain, as the command-line contract promises.

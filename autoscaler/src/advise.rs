@@ -14,6 +14,7 @@ use std::path::Path;
 use goodput_core::Catalog;
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::controller::reconcile::{Outcome, Reconciler, ScaleState, Snapshot};
 use crate::controller::shared_capacity::CapacityCache;
@@ -123,10 +124,23 @@ impl<Q: PromQuery> Advisor<Q> {
         }
     }
 
-    /// One collection and decision at `now`.
+    /// One collection and decision at `now`, traced as `advise` with `collect_metrics` and
+    /// `decide` inside.
+    #[tracing::instrument(
+        name = "advise",
+        skip_all,
+        fields(
+            namespace = %self.config.namespace,
+            name = %self.config.name,
+            model = %self.config.spec.model,
+            desired = tracing::field::Empty,
+            reason = tracing::field::Empty,
+        )
+    )]
     pub async fn step(&mut self, now: Timestamp) -> Outcome {
         let scope = self.config.scope();
         let observed = collect(&self.prom, &scope, Grouping::Variant)
+            .instrument(tracing::info_span!("collect_metrics"))
             .await
             .map_err(|e| e.to_string());
         if let Ok(obs) = &observed {
@@ -147,6 +161,7 @@ impl<Q: PromQuery> Advisor<Q> {
         let current = self.last_current.clone();
         // Timed without the Prometheus queries above, as the controller times its passes.
         let started = std::time::Instant::now();
+        let decide = tracing::info_span!("decide").entered();
         let out = self.reconciler.reconcile(&Snapshot {
             namespace: &self.config.namespace,
             name: &self.config.name,
@@ -158,7 +173,11 @@ impl<Q: PromQuery> Advisor<Q> {
             previous: self.previous.as_ref(),
             now,
         });
+        drop(decide);
         let took = started.elapsed();
+        let span = tracing::Span::current();
+        span.record("desired", out.status.desired_replicas);
+        span.record("reason", out.status.reason.as_str());
         if let Some(m) = &self.metrics {
             m.reconcile_duration_seconds.observe(took.as_secs_f64());
             let slo = (

@@ -81,6 +81,7 @@ VALUE_SETS = {
         "prometheusRule": {"enabled": True, "slo": {"ttftBucket": "0.5", "tpotBucket": "0.05"}},
         "dashboards": {"namespace": "monitoring"},
         "autoscaling": {"mode": "keda", "variants": VARIANTS},
+        "tracing": {"otlpEndpoint": "http://otel-collector.observability.svc:4317"},
     },
     "podmonitors": {"monitoring": {"podMonitor": {"enabled": True}}, "predictor": {"enabled": True},
                     "controller": {"leaderElection": {"enabled": False}}},
@@ -97,6 +98,7 @@ BAD_VALUE_SETS = {
     "unknown key": {"controller": {"replica": 2}},
     "TTFT threshold off vLLM's buckets": {"prometheusRule": {"slo": {"ttftBucket": "2.0"}}},
     "scheduler endpoint without a port": {"scheduler": {"enabled": True, "endpoints": ["llama-0"]}},
+    "OTLP endpoint without a scheme": {"tracing": {"otlpEndpoint": "otel-collector:4317"}},
     "variant without scaleTargetRef": {"autoscaling": {"mode": "hpa", "variants": [
         {"model": "m", "variant": "v", "maxReplicas": 2}]}},
 }
@@ -288,7 +290,10 @@ def check_binary(rendered):
             for c in o["spec"]["template"]["spec"]["containers"]:
                 args = c.get("args", [])
                 sub = [a for a in args[:2] if not a.startswith("-")]
-                key = (tuple(sub), tuple(a.split("=")[0] for a in args if a.startswith("--")))
+                # Environment the binary reads (clap's `env`): each must be one --help names.
+                envs = tuple(e["name"] for e in c.get("env", [])
+                             if e["name"].startswith(("GOODPUT_", "OTEL_")))
+                key = (tuple(sub), tuple(a.split("=")[0] for a in args if a.startswith("--")), envs)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -302,6 +307,9 @@ def check_binary(rendered):
                 for flag in key[1]:
                     if not re.search(rf"(^|\s){re.escape(flag)}[\s=<,]", r.stdout, re.M):
                         fail(f"{where}: `goodput {' '.join(sub)}` has no flag {flag}")
+                for env in envs:
+                    if f"[env: {env}=" not in r.stdout:
+                        fail(f"{where}: `goodput {' '.join(sub)}` reads no environment variable {env}")
     r = subprocess.run([binary, "crd"], capture_output=True, text=True)
     if r.returncode != 0:
         msg = "`goodput crd` is not in this binary: crds/ not compared with it"

@@ -122,11 +122,9 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         identity: args.identity,
         controller_name: "goodput-controller".into(),
     };
-    run_controller(client, cfg, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
-    .context("controller")
+    run_controller(client, cfg, super::shutdown_signal())
+        .await
+        .context("controller")
 }
 
 async fn advise(args: AdviseArgs) -> anyhow::Result<()> {
@@ -171,7 +169,10 @@ async fn advise(args: AdviseArgs) -> anyhow::Result<()> {
             h.set_ready(true);
         }
         match repeat {
-            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
+            Some(s) => tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(s)) => {}
+                () = super::shutdown_signal() => return Ok(()),
+            },
             // A one-shot advice without metrics is no advice: say so in the exit status.
             None if out.error.is_some() => {
                 anyhow::bail!("no recommendation: {}", out.status.reason)

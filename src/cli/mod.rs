@@ -19,7 +19,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Logging options shared by every command.
+/// Logging and tracing options shared by every command.
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Log format.
@@ -33,6 +33,49 @@ pub struct LogArgs {
     /// Log filter (tracing env-filter syntax, e.g. `info,goodput_sim=debug`).
     #[arg(long, global = true, env = "GOODPUT_LOG", default_value = "warn")]
     pub log: String,
+    /// Export spans over OTLP/gRPC to this collector (e.g. `http://otel-collector:4317`); no
+    /// export when unset. The controller traces each reconcile pass (metrics collection,
+    /// decision, status write, actuation) and `advise` each step.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans [default: goodput-controller for `autoscaler run`,
+    /// goodput-advise, goodput-scheduler, goodput-predictor, goodput-sim].
+    #[arg(long, global = true, env = "OTEL_SERVICE_NAME")]
+    pub otlp_service_name: Option<String>,
+    /// Which spans are exported (tracing env-filter syntax; goodput's own by default).
+    #[arg(
+        long,
+        global = true,
+        env = "GOODPUT_TRACE_FILTER",
+        default_value = "goodput=info"
+    )]
+    pub trace_filter: String,
+}
+
+impl Cli {
+    /// The logging and tracing set-up this invocation asks for.
+    pub fn telemetry(&self) -> crate::telemetry::TelemetryConfig {
+        let log = &self.log;
+        let service = match &self.command {
+            Command::Sim(_) => "goodput-sim",
+            Command::Predictor(_) => "goodput-predictor",
+            Command::Scheduler(_) => "goodput-scheduler",
+            Command::Autoscaler(autoscaler::AutoscalerCommand::Run(_)) => "goodput-controller",
+            Command::Autoscaler(autoscaler::AutoscalerCommand::Advise(_)) => "goodput-advise",
+            Command::Crd => "goodput",
+        };
+        crate::telemetry::TelemetryConfig {
+            log_filter: log.log.clone(),
+            json: matches!(log.log_format, LogFormat::Json),
+            otlp_endpoint: log.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+            service_name: log
+                .otlp_service_name
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| service.into()),
+            trace_filter: log.trace_filter.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -59,17 +102,28 @@ pub enum Command {
     Crd,
 }
 
-/// Sets up `tracing` on stderr.
-pub fn init_tracing(args: &LogArgs) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes sends a pod it stops), so that the
+/// long-running commands shut down cleanly: Lease released, connections drained, spans flushed.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Runs the chosen command.

@@ -476,9 +476,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lines.push_str(&format!("serving {} ({}) at {url}\n", cfg.model, cfg.role));
         }
         super::emit(&lines)?;
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")?;
+        super::shutdown_signal().await;
         servers.shutdown().await;
         Ok(())
     })

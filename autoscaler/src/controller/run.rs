@@ -29,6 +29,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::http::{HttpState, router};
 use super::leader::LeaseLock;
@@ -158,7 +159,21 @@ pub fn now() -> Timestamp {
     Timestamp::now()
 }
 
-/// One reconcile of one ModelAutoscaler.
+/// One reconcile of one ModelAutoscaler. Traced as `reconcile` with a child span per step, so
+/// that an exported trace shows where a slow pass spent its time (Prometheus, the decision, the
+/// API server).
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        namespace = ma.namespace().unwrap_or_default(),
+        name = %ma.name_any(),
+        model = %ma.spec.model,
+        decided = tracing::field::Empty,
+        desired = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    )
+)]
 pub async fn reconcile(
     ma: Arc<ModelAutoscaler>,
     ctx: Arc<Context>,
@@ -182,17 +197,9 @@ pub async fn reconcile(
             .collect();
     let pools_fp = serde_json::to_string(&pools).unwrap_or_default();
     let generation = ma.meta().generation;
-    let mut current = Vec::with_capacity(ma.spec.variants.len());
-    for v in &ma.spec.variants {
-        current.push(
-            scale::read(&ctx.client, &namespace, &v.scale_target_ref)
-                .await
-                .inspect_err(
-                    |e| tracing::debug!(target = %v.scale_target_ref.name, error = %e, "no /scale"),
-                )
-                .ok(),
-        );
-    }
+    let current = read_targets(&ctx, &namespace, &ma)
+        .instrument(tracing::info_span!("read_targets"))
+        .await;
     let seen: Vec<Option<u32>> = current.iter().map(|c| c.map(|s| s.spec)).collect();
     let refresh = {
         let mut last = ctx.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,6 +210,7 @@ pub async fn reconcile(
                     && pass.at.elapsed() < interval =>
             {
                 let wait = interval - pass.at.elapsed();
+                tracing::Span::current().record("decided", false);
                 if pass.current == seen {
                     return Ok(Action::requeue(wait));
                 }
@@ -219,7 +227,11 @@ pub async fn reconcile(
             field_manager: Some(ctx.controller_name.clone()),
             ..PatchParams::default()
         };
-        if let Err(e) = api.patch_status(&name, &pp, &Patch::Merge(&patch)).await {
+        if let Err(e) = api
+            .patch_status(&name, &pp, &Patch::Merge(&patch))
+            .instrument(tracing::info_span!("patch_status"))
+            .await
+        {
             ctx.metrics.error(ErrorReason::Kube);
             tracing::warn!(%key, error = %e, "status patch failed");
         }
@@ -230,6 +242,7 @@ pub async fn reconcile(
     let pass_started = Instant::now();
     let metrics_started = Instant::now();
     let observed = collect(&ctx.prom, &scope_of(&ma.spec), Grouping::Variant)
+        .instrument(tracing::info_span!("collect_metrics"))
         .await
         .map_err(|e| e.to_string());
     let prometheus_time = metrics_started.elapsed();
@@ -240,7 +253,9 @@ pub async fn reconcile(
     let previous = ma.status.clone();
     let (ns2, name2) = (namespace.clone(), name.clone());
     let pools2 = pools.clone();
+    let decide = tracing::info_span!("decide");
     let outcome = tokio::task::spawn_blocking(move || {
+        let _in_span = decide.enter();
         let current: Vec<Option<ScaleState>> = current;
         let snap = Snapshot {
             namespace: &ns2,
@@ -272,7 +287,15 @@ pub async fn reconcile(
         field_manager: Some(ctx.controller_name.clone()),
         ..PatchParams::default()
     };
-    if let Err(e) = api.patch_status(&name, &pp, &Patch::Merge(&patch)).await {
+    let span = tracing::Span::current();
+    span.record("decided", true);
+    span.record("desired", outcome.status.desired_replicas);
+    span.record("reason", outcome.status.reason.as_str());
+    if let Err(e) = api
+        .patch_status(&name, &pp, &Patch::Merge(&patch))
+        .instrument(tracing::info_span!("patch_status"))
+        .await
+    {
         ctx.metrics.error(ErrorReason::Kube);
         tracing::warn!(%key, error = %e, "status patch failed");
     }
@@ -285,6 +308,9 @@ pub async fn reconcile(
             &p.target,
             p.replicas,
             &ctx.controller_name,
+        )
+        .instrument(
+            tracing::info_span!("patch_scale", target = %p.target.name, replicas = p.replicas),
         )
         .await
         {
@@ -349,7 +375,12 @@ pub async fn reconcile(
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+        if let Err(err) = ctx
+            .recorder
+            .publish(&ev, &reference)
+            .instrument(tracing::info_span!("publish_event"))
+            .await
+        {
             ctx.metrics.error(ErrorReason::Kube);
             tracing::warn!(%key, error = %err, "event not published");
         }
@@ -359,6 +390,27 @@ pub async fn reconcile(
         .observe((started.elapsed().saturating_sub(prometheus_time)).as_secs_f64());
     tracing::info!(%key, desired = outcome.status.desired_replicas, reason = %outcome.status.reason, "reconciled");
     Ok(Action::requeue(interval))
+}
+
+/// Each variant's `/scale` (None where it cannot be read: a missing target is reported by the
+/// decision, not an error of the pass).
+async fn read_targets(
+    ctx: &Context,
+    namespace: &str,
+    ma: &ModelAutoscaler,
+) -> Vec<Option<ScaleState>> {
+    let mut current = Vec::with_capacity(ma.spec.variants.len());
+    for v in &ma.spec.variants {
+        current.push(
+            scale::read(&ctx.client, namespace, &v.scale_target_ref)
+                .await
+                .inspect_err(
+                    |e| tracing::debug!(target = %v.scale_target_ref.name, error = %e, "no /scale"),
+                )
+                .ok(),
+        );
+    }
+    current
 }
 
 /// The last pass's status variants and desired counts with `seen` as the current replicas; None

@@ -63,6 +63,14 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.log.format | quote }}
 - name: GOODPUT_LOG
   value: {{ .Values.log.level | quote }}
+{{- with .Values.tracing }}
+{{- if .otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .otlpEndpoint | quote }}
+- name: GOODPUT_TRACE_FILTER
+  value: {{ .filter | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level settings shared by every component: dict "root" $ "values" .Values.x. */}}

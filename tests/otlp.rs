@@ -4,7 +4,9 @@
 //!
 //! What users rely on: with an endpoint set, one `advise` step arrives as an `advise` span with
 //! its `collect_metrics` and `decide` children in one trace, under the configured
-//! `service.name`, before the process exits; a malformed endpoint is refused with a clear error.
+//! `service.name`, before the process exits; a long-running command stopped with SIGTERM (as
+//! Kubernetes stops pods) exits cleanly and still delivers its spans; a malformed endpoint is
+//! refused with a clear error.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,6 +40,49 @@ spec:
 pools:
   h100: { acceleratorType: h100, devices: 8 }
 "#;
+
+/// Starts the collector; returns what it receives and its address.
+async fn collector() -> (Collector, std::net::SocketAddr) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = TraceServiceServer::new(collector.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (collector, addr)
+}
+
+/// Every span received, checking each batch's `service.name`.
+fn spans_of(collector: &Collector, service_name: &str) -> Vec<Span> {
+    let received = collector.0.lock().unwrap().clone();
+    let mut spans = Vec::new();
+    for request in &received {
+        for rs in &request.resource_spans {
+            let resource = rs.resource.as_ref().expect("a resource");
+            assert_eq!(
+                string_attr(&resource.attributes, "service.name").as_deref(),
+                Some(service_name)
+            );
+            for ss in &rs.scope_spans {
+                spans.extend(ss.spans.iter().cloned());
+            }
+        }
+    }
+    spans
+}
+
+fn write_config(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("goodput-otlp-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("advise.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    config
+}
 
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
@@ -80,22 +125,8 @@ fn closed_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advise_spans_reach_an_otlp_collector() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = TraceServiceServer::new(collector.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-
-    let dir = std::env::temp_dir().join(format!("goodput-otlp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("advise.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let (collector, addr) = collector().await;
+    let config = write_config("once");
     // Prometheus is down: advise still runs its step (and exits 2 saying there is no
     // recommendation), which is a trace worth having.
     let prometheus = format!("http://127.0.0.1:{}", closed_port());
@@ -119,20 +150,7 @@ async fn advise_spans_reach_an_otlp_collector() {
     assert!(stderr.contains("no recommendation"), "{stderr}");
 
     // The process flushed before exiting: everything is here already.
-    let received = collector.0.lock().unwrap().clone();
-    let mut spans: Vec<Span> = Vec::new();
-    for request in &received {
-        for rs in &request.resource_spans {
-            let resource = rs.resource.as_ref().expect("a resource");
-            assert_eq!(
-                string_attr(&resource.attributes, "service.name").as_deref(),
-                Some("goodput-otlp-test")
-            );
-            for ss in &rs.scope_spans {
-                spans.extend(ss.spans.iter().cloned());
-            }
-        }
-    }
+    let spans = spans_of(&collector, "goodput-otlp-test");
     let by_name: BTreeMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
     let advise = by_name
         .get("advise")
@@ -159,7 +177,57 @@ async fn advise_spans_reach_an_otlp_collector() {
         assert!(span.start_time_unix_nano >= advise.start_time_unix_nano);
         assert!(span.end_time_unix_nano <= advise.end_time_unix_nano);
     }
-    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_server_cleanly_and_flushes_its_spans() {
+    use std::io::{BufRead, BufReader};
+    let (collector, addr) = collector().await;
+    let config = write_config("serve");
+    let prometheus = format!("http://127.0.0.1:{}", closed_port());
+    let metrics_port = closed_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_goodput"))
+        .args(["autoscaler", "advise", "--prometheus", &prometheus])
+        .arg("--config")
+        .arg(&config)
+        .args(["--prometheus-timeout-s", "2", "--interval", "3600"])
+        .args(["--serve", &metrics_port.to_string()])
+        .args(["--otlp-endpoint", &format!("http://{addr}")])
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("GOODPUT_TRACE_FILTER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first step's report is printed; the next is an hour away, and the SDK's batch delay
+    // (5 s) has not passed: only a flush at shutdown delivers the span now.
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        lines
+            .find(|l| l.as_ref().is_ok_and(|l| l.contains("variant")))
+            .is_some()
+    })
+    .await
+    .unwrap();
+    assert!(first, "advise printed no report");
+    assert!(
+        collector.0.lock().unwrap().is_empty(),
+        "exported before shutdown"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The default service name says which goodput this is.
+    let spans = spans_of(&collector, "goodput-advise");
+    assert!(spans.iter().any(|s| s.name == "advise"), "{spans:?}");
 }
 
 #[test]

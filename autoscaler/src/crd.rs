@@ -266,7 +266,9 @@ pub struct PolicySpec {
     #[serde(default = "default_stabilisation")]
     #[schemars(range(max = 86400))]
     pub scale_down_stabilization_seconds: u32,
-    /// Allow zero replicas over all variants when there is no demand.
+    /// Allow zero replicas over all variants after a stabilisation window without requests.
+    /// Takes effect only where a gateway signal can wake the fleet again; the controller has
+    /// none yet and keeps one replica (the simulator has one).
     #[serde(default)]
     pub scale_to_zero: bool,
 }

@@ -32,7 +32,9 @@ pub struct GoodputConfig {
     pub stale_after_s: f64,
     /// Decision interval (added to the start-up time for the forecast horizon).
     pub interval_s: f64,
-    /// Replicas kept across all variants while there is no demand (0 allows scale to zero).
+    /// Replicas kept across all variants while there is no demand. 0 allows scale to zero:
+    /// after `scale_down_window_s` without a request, and only where the view carries a
+    /// gateway signal to wake on (`ClusterView::gateway_waiting`).
     pub min_total_replicas: u32,
     /// Share of a replica's probed SLO capacity the plan may use (headroom for length tails).
     pub utilisation: f64,
@@ -79,6 +81,8 @@ pub struct GoodputPolicy<C: CapacityModel> {
     /// Per-variant multiplier on probed capacity learned from observed latency, in
     /// [min_correction, 1].
     correction: Vec<f64>,
+    /// When a request was last seen (served, running, or waiting at the gateway).
+    last_demand_s: Option<f64>,
 }
 
 fn fc_zero() -> Forecast {
@@ -100,6 +104,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             last_forecast: None,
             first_seen: None,
             correction: Vec::new(),
+            last_demand_s: None,
         }
     }
 
@@ -203,6 +208,12 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 }
             }
         }
+        // Demand includes requests held at the gateway: they are what wakes a fleet at zero
+        // (the floor below comes back the moment demand is seen).
+        let waiting = view.gateway_waiting.unwrap_or(0);
+        if est.rate > 0.0 || running > 0.0 || waiting > 0 {
+            self.last_demand_s = Some(view.now_s);
+        }
         if !est.fresh && self.last_forecast.is_none() {
             // No usable data yet: hold the fleet as it is.
             return Vec::new();
@@ -218,14 +229,25 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         let cands = self.candidates(view, &shape);
         let pool_caps: Vec<u32> = view.pools.iter().map(|p| p.capacity).collect();
         let mut plan = optimise(&cands, &pool_caps, fc.provision_rate);
-        // Keep a floor of replicas when idle (the cheapest usable variant).
+        // Scale to zero only after a whole window without demand, and only where a gateway
+        // signal can wake the fleet again; until then keep a floor of one replica.
+        let idle_since = self.last_demand_s.or(self.first_seen).unwrap_or(view.now_s);
+        let to_zero = self.cfg.min_total_replicas == 0
+            && view.gateway_waiting.is_some()
+            && view.now_s - idle_since >= self.cfg.scale_down_window_s;
+        let floor = if to_zero {
+            0
+        } else {
+            self.cfg.min_total_replicas.max(1)
+        };
+        // Keep the floor (the cheapest usable variant).
         let total: u32 = plan.replicas.iter().sum();
-        if total < self.cfg.min_total_replicas {
+        if total < floor {
             let best = (0..cands.len())
                 .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0)
                 .min_by(|&a, &b| cands[a].price_per_hour.total_cmp(&cands[b].price_per_hour));
             if let Some(b) = best {
-                plan.replicas[b] += self.cfg.min_total_replicas - total;
+                plan.replicas[b] += floor - total;
             }
         }
         let now = view.now_s;
@@ -268,6 +290,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             } else {
                 v.target
             };
+            // A whole idle window already passed: nothing left to stabilise.
+            let target = if to_zero { 0 } else { target };
             targets.push(target.clamp(v.min_replicas, v.max_replicas.max(v.min_replicas)));
         }
         // Never beyond a pool: shed replicas held above the plan first, then any above min.

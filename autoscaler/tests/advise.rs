@@ -97,6 +97,7 @@ fn engine_decision(config: &AdviseConfig, rate: f64, replicas: u32) -> u32 {
                 startup_s: p.startup_s,
             })
             .collect(),
+        gateway_waiting: None,
     };
     policy
         .decide(&view)

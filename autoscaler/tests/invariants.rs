@@ -104,6 +104,7 @@ fn case() -> impl Strategy<Value = Case> {
                     now_s: now,
                     variants,
                     pools,
+                    gateway_waiting: None,
                 },
                 rates,
             }

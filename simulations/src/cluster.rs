@@ -626,6 +626,7 @@ impl Sim<'_> {
             now_s: now,
             variants,
             pools,
+            gateway_waiting: Some(u32::try_from(self.pending.len()).unwrap_or(u32::MAX)),
         };
         for d in self.autoscaler.decide(&view) {
             if d.variant < self.variants.len() {

@@ -114,6 +114,11 @@ pub struct ClusterView {
     pub now_s: f64,
     pub variants: Vec<VariantView>,
     pub pools: Vec<PoolView>,
+    /// Requests held at the gateway because no replica could take them: the demand that the
+    /// engines' own metrics cannot show while no replica serves, so what wakes a fleet scaled
+    /// to zero. None where no such signal exists; a policy must then never scale to zero, since
+    /// nothing would bring the fleet back.
+    pub gateway_waiting: Option<u32>,
 }
 
 /// A replica target with its reason.

@@ -400,6 +400,10 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
                 startup_s: p.startup_s,
             })
             .collect(),
+        // No gateway signal reaches the controller yet, so it never scales to zero (a fleet at
+        // zero shows no demand in the engines' metrics and would never wake; docs/autoscaling.md,
+        // "Scale to zero").
+        gateway_waiting: None,
     };
     let prev = snap.previous;
     let g = snap.generation;

@@ -21,6 +21,7 @@ pub struct Cli {
 
 /// Logging and tracing options shared by every command.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Logging and tracing")]
 pub struct LogArgs {
     /// Log format.
     #[arg(

@@ -204,6 +204,11 @@ pub fn free_port() -> Result<u16, std::io::Error> {
 }
 
 impl EnvoyProcess {
+    /// The Envoy process's id (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts Envoy with [`bootstrap`] and waits until its admin `/ready` answers 200.
     pub async fn start(binary: &Path, upstream: &Upstream) -> Result<Self, EnvoyError> {
         let (listen, admin) = (free_port()?, free_port()?);

@@ -13,7 +13,7 @@
 //! [`Pool::finished`]. Tickets and scrape results carry the slot's generation, so they never
 //! touch a later occupant of the same slot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,9 +255,9 @@ impl Pool {
     /// (its attributes are updated in place when they changed).
     pub fn set_endpoints(&mut self, desired: Vec<EndpointSpec>) -> Applied {
         let mut applied = Applied::default();
-        let mut wanted: HashMap<&str, &EndpointSpec> = HashMap::with_capacity(desired.len());
+        let mut wanted: HashSet<&str> = HashSet::with_capacity(desired.len());
         for s in &desired {
-            if wanted.insert(s.addr.as_str(), s).is_some() {
+            if !wanted.insert(s.addr.as_str()) {
                 applied
                     .rejected
                     .push((s.addr.clone(), "listed twice".into()));
@@ -268,7 +268,7 @@ impl Pool {
             let Some(e) = self.entries[slot].as_mut() else {
                 continue;
             };
-            if e.removed || wanted.contains_key(e.spec.addr.as_str()) {
+            if e.removed || wanted.contains(e.spec.addr.as_str()) {
                 continue;
             }
             let addr = e.spec.addr.clone();
@@ -281,9 +281,9 @@ impl Pool {
                 applied.draining.push(addr);
             }
         }
-        let mut seen: HashMap<&str, ()> = HashMap::with_capacity(desired.len());
+        let mut seen: HashSet<&str> = HashSet::with_capacity(desired.len());
         for spec in &desired {
-            if seen.insert(spec.addr.as_str(), ()).is_some() {
+            if !seen.insert(spec.addr.as_str()) {
                 continue;
             }
             match self.by_addr.get(&spec.addr).copied() {

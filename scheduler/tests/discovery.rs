@@ -223,6 +223,7 @@ impl Scheduler {
             request: Some(processing_request::Request::RequestBody(HttpBody {
                 body: body.to_string().into_bytes(),
                 end_of_stream: true,
+                ..Default::default()
             })),
             ..Default::default()
         })
@@ -287,6 +288,7 @@ impl OpenRequest {
                 request: Some(processing_request::Request::ResponseBody(HttpBody {
                     body: chunk.as_bytes().to_vec(),
                     end_of_stream: true,
+                    ..Default::default()
                 })),
                 ..Default::default()
             })

@@ -833,7 +833,8 @@ mod tests {
             Finished::InFlight { in_flight: 0, .. }
         ));
         // Leaving with nothing in flight frees at once.
-        let ch = pool.set_endpoints(specs(&["b:1"]));
+        let mut ch = pool.set_endpoints(specs(&["b:1"]));
+        ch.removed.sort();
         assert_eq!(ch.removed, vec!["c:1", "d:1"]);
         assert_eq!(
             pool.finished(&tb, false),

@@ -697,7 +697,6 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-            ..Default::default()
         }
     }
 

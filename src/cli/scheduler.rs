@@ -49,14 +49,13 @@ pub struct ServeArgs {
     /// attributes. Needs get/list/watch on pods.
     #[arg(long, env = "GOODPUT_SCHEDULER_SELECTOR")]
     pub selector: Option<String>,
-    /// With --selector: the pods' ports serving the model, `8000[,8001]` (1 to 8).
-    #[arg(
-        long,
-        env = "GOODPUT_SCHEDULER_TARGET_PORTS",
-        default_value = "8000",
-        requires = "selector"
-    )]
-    pub target_ports: String,
+    /// With --selector: the pods' ports serving the model, `8000[,8001]` (1 to 8); 8000 when
+    /// not given.
+    // No clap default and no `requires`: clap skips `requires` of an argument with a default,
+    // and of one whose required argument conflicts with a present one (the group), so
+    // `endpoint_source` checks it.
+    #[arg(long, env = "GOODPUT_SCHEDULER_TARGET_PORTS")]
+    pub target_ports: Option<String>,
     /// Discover the endpoints from this InferencePool (inference.networking.k8s.io/v1) in
     /// --namespace: the ready pods its spec.selector.matchLabels selects, on its
     /// spec.targetPorts, following changes to the pool. Needs get/list/watch on pods and
@@ -128,6 +127,10 @@ fn endpoint_source(args: &ServeArgs) -> anyhow::Result<EndpointSource> {
             source,
         })
     };
+    anyhow::ensure!(
+        args.target_ports.is_none() || args.selector.is_some(),
+        "--target-ports is for --selector (an InferencePool names its own ports)"
+    );
     Ok(
         match (
             &args.endpoints,
@@ -139,7 +142,8 @@ fn endpoint_source(args: &ServeArgs) -> anyhow::Result<EndpointSource> {
             (None, Some(file), ..) => EndpointSource::File(file.clone()),
             (None, None, Some(sel), _) => kube(KubeSource::Selector(PoolSpec {
                 match_labels: parse_selector(sel).context("--selector")?,
-                target_ports: parse_target_ports(&args.target_ports).context("--target-ports")?,
+                target_ports: parse_target_ports(args.target_ports.as_deref().unwrap_or("8000"))
+                    .context("--target-ports")?,
             })),
             (None, None, None, Some(pool)) => {
                 anyhow::ensure!(!pool.trim().is_empty(), "--inference-pool is empty");
@@ -216,10 +220,21 @@ mod tests {
         ] {
             assert!(parse(two).is_err(), "{two:?}");
         }
-        assert!(
-            parse(&["--endpoints", "a:1", "--target-ports", "8001"]).is_err(),
-            "--target-ports needs --selector"
-        );
+        for without_selector in [
+            &["--endpoints", "a:1", "--target-ports", "8001"][..],
+            &["--inference-pool", "p", "--target-ports", "8001"],
+        ] {
+            let e = endpoint_source(&parse(without_selector).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("--target-ports"), "{e}");
+        }
+        let a = parse(&["--selector", "app=vllm"]).unwrap();
+        match endpoint_source(&a).unwrap() {
+            EndpointSource::Kubernetes(DiscoveryConfig {
+                source: KubeSource::Selector(s),
+                ..
+            }) => assert_eq!(s.target_ports, vec![8000], "the default port"),
+            other => panic!("{other:?}"),
+        }
         let a = parse(&["--selector", "app=vllm", "--target-ports", "8000,8001"]).unwrap();
         match endpoint_source(&a).unwrap() {
             EndpointSource::Kubernetes(d) => {

@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use goodput_scheduler::GoodputConfig;
+use goodput_scheduler::server::discovery::{
+    DiscoveryConfig, KubeSource, PoolSpec, parse_selector, parse_target_ports,
+};
 use goodput_scheduler::server::pool::Staleness;
 use goodput_scheduler::server::{EndpointSource, ServeConfig};
 
@@ -19,6 +22,11 @@ pub enum SchedulerCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("endpoint_source")
+        .required(true)
+        .args(["endpoints", "endpoints_file", "selector", "inference_pool"])
+))]
 pub struct ServeArgs {
     /// ext_proc gRPC port.
     #[arg(long, env = "GOODPUT_SCHEDULER_PORT", default_value_t = 9002)]
@@ -28,16 +36,35 @@ pub struct ServeArgs {
     pub host: String,
     /// Endpoints, comma-separated: `host:port` with optional space-separated attributes
     /// `role=prefill|decode|unified`, `accelerator=ID` (enables the physics prior), `tp=N`.
-    #[arg(
-        long,
-        env = "GOODPUT_SCHEDULER_ENDPOINTS",
-        conflicts_with = "endpoints_file",
-        required_unless_present = "endpoints_file"
-    )]
+    /// Exactly one of --endpoints, --endpoints-file, --selector, --inference-pool.
+    #[arg(long, env = "GOODPUT_SCHEDULER_ENDPOINTS")]
     pub endpoints: Option<String>,
-    /// File with one endpoint per line (same syntax as --endpoints; `#` comments).
+    /// File with one endpoint per line (same syntax as --endpoints; `#` comments), read at start.
     #[arg(long, env = "GOODPUT_SCHEDULER_ENDPOINTS_FILE")]
     pub endpoints_file: Option<PathBuf>,
+    /// Discover the endpoints in Kubernetes: the ready pods in --namespace matching this label
+    /// selector, `key=value[,key=value]` (equality only), one endpoint per pod and
+    /// --target-ports entry, followed as pods come and go. Pod labels `goodput.dev/role`,
+    /// `goodput.dev/accelerator` and `goodput.dev/tensor-parallel` give each endpoint's
+    /// attributes. Needs get/list/watch on pods.
+    #[arg(long, env = "GOODPUT_SCHEDULER_SELECTOR")]
+    pub selector: Option<String>,
+    /// With --selector: the pods' ports serving the model, `8000[,8001]` (1 to 8); 8000 when
+    /// not given.
+    // No clap default and no `requires`: clap skips `requires` of an argument with a default,
+    // and of one whose required argument conflicts with a present one (the group), so
+    // `endpoint_source` checks it.
+    #[arg(long, env = "GOODPUT_SCHEDULER_TARGET_PORTS")]
+    pub target_ports: Option<String>,
+    /// Discover the endpoints from this InferencePool (inference.networking.k8s.io/v1) in
+    /// --namespace: the ready pods its spec.selector.matchLabels selects, on its
+    /// spec.targetPorts, following changes to the pool. Needs get/list/watch on pods and
+    /// inferencepools.
+    #[arg(long, env = "GOODPUT_SCHEDULER_INFERENCE_POOL")]
+    pub inference_pool: Option<String>,
+    /// Namespace of the pods and the InferencePool (--selector, --inference-pool).
+    #[arg(long, env = "GOODPUT_SCHEDULER_NAMESPACE", default_value = "default")]
+    pub namespace: String,
     /// Port of the Prometheus /metrics endpoint (none when absent).
     #[arg(long, env = "GOODPUT_SCHEDULER_METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -92,12 +119,45 @@ pub fn run(cmd: SchedulerCommand) -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let endpoints = match (args.endpoints, args.endpoints_file) {
-        (Some(list), _) => EndpointSource::List(list),
-        (None, Some(file)) => EndpointSource::File(file),
-        (None, None) => anyhow::bail!("give --endpoints or --endpoints-file"),
+/// The endpoint source the flags name (clap's group guarantees exactly one).
+fn endpoint_source(args: &ServeArgs) -> anyhow::Result<EndpointSource> {
+    let kube = |source| {
+        EndpointSource::Kubernetes(DiscoveryConfig {
+            namespace: args.namespace.clone(),
+            source,
+        })
     };
+    anyhow::ensure!(
+        args.target_ports.is_none() || args.selector.is_some(),
+        "--target-ports is for --selector (an InferencePool names its own ports)"
+    );
+    Ok(
+        match (
+            &args.endpoints,
+            &args.endpoints_file,
+            &args.selector,
+            &args.inference_pool,
+        ) {
+            (Some(list), ..) => EndpointSource::List(list.clone()),
+            (None, Some(file), ..) => EndpointSource::File(file.clone()),
+            (None, None, Some(sel), _) => kube(KubeSource::Selector(PoolSpec {
+                match_labels: parse_selector(sel).context("--selector")?,
+                target_ports: parse_target_ports(args.target_ports.as_deref().unwrap_or("8000"))
+                    .context("--target-ports")?,
+            })),
+            (None, None, None, Some(pool)) => {
+                anyhow::ensure!(!pool.trim().is_empty(), "--inference-pool is empty");
+                kube(KubeSource::InferencePool(pool.trim().to_string()))
+            }
+            (None, None, None, None) => {
+                anyhow::bail!("give --endpoints, --endpoints-file, --selector or --inference-pool")
+            }
+        },
+    )
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let endpoints = endpoint_source(&args)?;
     let config = ServeConfig {
         endpoints,
         picker: args.picker,
@@ -127,10 +187,85 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            super::shutdown_signal().await;
         };
         tracing::info!(%grpc, ?metrics, "goodput scheduler serving ext_proc");
         goodput_scheduler::server::serve(config, grpc, metrics, shutdown).await
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
+    }
+
+    #[test]
+    fn exactly_one_endpoint_source() {
+        assert!(parse(&[]).is_err(), "a source is required");
+        for two in [
+            &["--endpoints", "a:1", "--selector", "app=x"][..],
+            &["--selector", "app=x", "--inference-pool", "p"],
+            &["--endpoints-file", "f", "--inference-pool", "p"],
+        ] {
+            assert!(parse(two).is_err(), "{two:?}");
+        }
+        for without_selector in [
+            &["--endpoints", "a:1", "--target-ports", "8001"][..],
+            &["--inference-pool", "p", "--target-ports", "8001"],
+        ] {
+            let e = endpoint_source(&parse(without_selector).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("--target-ports"), "{e}");
+        }
+        let a = parse(&["--selector", "app=vllm"]).unwrap();
+        match endpoint_source(&a).unwrap() {
+            EndpointSource::Kubernetes(DiscoveryConfig {
+                source: KubeSource::Selector(s),
+                ..
+            }) => assert_eq!(s.target_ports, vec![8000], "the default port"),
+            other => panic!("{other:?}"),
+        }
+        let a = parse(&["--selector", "app=vllm", "--target-ports", "8000,8001"]).unwrap();
+        match endpoint_source(&a).unwrap() {
+            EndpointSource::Kubernetes(d) => {
+                assert_eq!(d.namespace, "default");
+                assert_eq!(
+                    d.source,
+                    KubeSource::Selector(PoolSpec {
+                        match_labels: [("app".to_string(), "vllm".to_string())]
+                            .into_iter()
+                            .collect(),
+                        target_ports: vec![8000, 8001],
+                    })
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = parse(&["--inference-pool", "vllm-pool", "--namespace", "llm"]).unwrap();
+        assert!(matches!(
+            endpoint_source(&a).unwrap(),
+            EndpointSource::Kubernetes(DiscoveryConfig { ref namespace, source: KubeSource::InferencePool(ref p) })
+                if namespace == "llm" && p == "vllm-pool"
+        ));
+    }
+
+    #[test]
+    fn bad_selectors_and_ports_say_which_flag() {
+        let a = parse(&["--selector", "app"]).unwrap();
+        let e = format!("{:#}", endpoint_source(&a).unwrap_err());
+        assert!(e.contains("--selector") && e.contains("`app`"), "{e}");
+        let a = parse(&["--selector", "app=x", "--target-ports", "0"]).unwrap();
+        let e = format!("{:#}", endpoint_source(&a).unwrap_err());
+        assert!(e.contains("--target-ports") && e.contains("`0`"), "{e}");
+    }
 }

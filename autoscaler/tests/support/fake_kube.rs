@@ -6,6 +6,11 @@
 //!   (`?watch=true`: a chunked stream of `{"type":"ADDED|MODIFIED|DELETED","object":{...}}`
 //!   lines, replaying events after the requested `resourceVersion`) of any collection, cluster-
 //!   or namespace-scoped, under `/api/v1` and `/apis/{group}/{version}`;
+//! - `labelSelector` on list and watch, equality selectors only (`a=b,c==d`; anything else is a
+//!   400): a list returns the matching objects; a watch sends what the real API server's watch
+//!   cache sends, ADDED when an object starts matching, MODIFIED while it keeps matching,
+//!   DELETED (with the last matching state) when it stops matching or is deleted. Other query
+//!   parameters (`fieldSelector`, `allowWatchBookmarks`, ...) are ignored;
 //! - get, create (POST, 409 AlreadyExists), replace (PUT, 409 Conflict on a stale
 //!   `resourceVersion`) and JSON merge patch (PATCH, `application/merge-patch+json` only) of
 //!   objects, with `metav1.Status` bodies and codes for errors (404 NotFound, 409, 415);
@@ -255,7 +260,7 @@ async fn handle(State(shared): State<Shared>, req: Request) -> Response {
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
         .collect();
     shared
         .0
@@ -269,15 +274,29 @@ async fn handle(State(shared): State<Shared>, req: Request) -> Response {
     let collection = format!("{}/{}", p.prefix, p.resource);
     match (method, &p.name, p.subresource.as_deref()) {
         (Method::GET, None, None) => {
+            let selector = match query.get("labelSelector").map(|s| parse_label_selector(s)) {
+                None => None,
+                Some(Ok(sel)) => Some(sel),
+                Some(Err(message)) => return status(400, "BadRequest", message),
+            };
             let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
             if watch {
                 let since: u64 = query
                     .get("resourceVersion")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                watch_stream(&shared, collection, p.namespace, since)
+                match selector {
+                    None => watch_stream(&shared, collection, p.namespace, since),
+                    Some(sel) => watch_selected(&shared, collection, p.namespace, since, sel),
+                }
             } else {
-                list(&shared, &collection, p.namespace.as_deref(), &p.resource)
+                list(
+                    &shared,
+                    &collection,
+                    p.namespace.as_deref(),
+                    &p.resource,
+                    selector.as_deref(),
+                )
             }
         }
         (Method::GET, Some(name), None) => {
@@ -346,7 +365,63 @@ fn get_obj(shared: &Shared, collection: &str, ns: Option<&str>, name: &str) -> O
         .cloned()
 }
 
-fn list(shared: &Shared, collection: &str, ns: Option<&str>, resource: &str) -> Response {
+/// An equality label selector: every (key, value) must be a label of the object.
+type LabelSelector = Vec<(String, String)>;
+
+/// `%XX` escapes and `+` of a query value.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `a=b,c==d`; set-based and inequality selectors are not supported by the fake.
+fn parse_label_selector(text: &str) -> Result<LabelSelector, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once("==")
+            .or_else(|| part.split_once('='))
+            .filter(|(k, v)| !k.is_empty() && !k.ends_with('!') && !v.contains('='))
+            .ok_or_else(|| {
+                format!("the fake server supports equality label selectors only, got `{part}`")
+            })?;
+        out.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(out)
+}
+
+fn selects(sel: &[(String, String)], obj: &Value) -> bool {
+    sel.iter()
+        .all(|(k, v)| obj["metadata"]["labels"][k.as_str()].as_str() == Some(v.as_str()))
+}
+
+fn list(
+    shared: &Shared,
+    collection: &str,
+    ns: Option<&str>,
+    resource: &str,
+    selector: Option<&[(String, String)]>,
+) -> Response {
     let s = shared.0.lock().unwrap();
     let items: Vec<Value> = s
         .objects
@@ -354,6 +429,7 @@ fn list(shared: &Shared, collection: &str, ns: Option<&str>, resource: &str) -> 
         .map(|c| {
             c.iter()
                 .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
+                .filter(|(_, o)| selector.is_none_or(|sel| selects(sel, o)))
                 .map(|(_, o)| o.clone())
                 .collect()
         })
@@ -390,6 +466,98 @@ fn watch_stream(shared: &Shared, collection: String, ns: Option<String>, since: 
             match live.recv().await {
                 Ok((_, c, n, ty, obj)) => {
                     if wanted(&c, &n) && tx_out.send(Ok(line(&ty, &obj))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx_out);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// A watch with a label selector: like [`watch_stream`], but each event is translated by
+/// whether the object matched before and matches now, as the API server's watch cache does.
+fn watch_selected(
+    shared: &Shared,
+    collection: String,
+    ns: Option<String>,
+    since: u64,
+    selector: LabelSelector,
+) -> Response {
+    let (tx_out, rx_out) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let wanted = move |c: &str, n: &str| c == collection && ns.as_deref().is_none_or(|ns| ns == n);
+    let (before, replay, mut live) = {
+        let s = shared.0.lock().unwrap();
+        let live = shared.1.subscribe();
+        // What the watcher already knows: the matching objects as of `since`.
+        let mut before: BTreeMap<(String, String), Value> = BTreeMap::new();
+        for (rv, c, n, ty, obj) in &s.log {
+            if *rv > since || !wanted(c, n) {
+                continue;
+            }
+            let key = (
+                n.clone(),
+                obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            );
+            if ty != "DELETED" && selects(&selector, obj) {
+                before.insert(key, obj.clone());
+            } else {
+                before.remove(&key);
+            }
+        }
+        let replay: Vec<_> = s.log.iter().filter(|e| e.0 > since).cloned().collect();
+        (before, replay, live)
+    };
+    tokio::spawn(async move {
+        let mut known = before;
+        let mut translate = |n: &str, ty: &str, obj: &Value| -> Option<Bytes> {
+            let key = (
+                n.to_string(),
+                obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            );
+            let now = ty != "DELETED" && selects(&selector, obj);
+            let (ty, obj) = match (known.contains_key(&key), now) {
+                (false, true) => ("ADDED", obj.clone()),
+                (true, true) => ("MODIFIED", obj.clone()),
+                (true, false) => ("DELETED", known.get(&key).cloned().unwrap_or_default()),
+                (false, false) => return None,
+            };
+            if now {
+                known.insert(key, obj.clone());
+            } else {
+                known.remove(&key);
+            }
+            Some(Bytes::from(format!(
+                "{}\n",
+                json!({"type": ty, "object": obj})
+            )))
+        };
+        for (_, c, n, ty, obj) in replay {
+            if !wanted(&c, &n) {
+                continue;
+            }
+            if let Some(line) = translate(&n, &ty, &obj)
+                && tx_out.send(Ok(line)).await.is_err()
+            {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok((_, c, n, ty, obj)) => {
+                    if !wanted(&c, &n) {
+                        continue;
+                    }
+                    if let Some(line) = translate(&n, &ty, &obj)
+                        && tx_out.send(Ok(line)).await.is_err()
+                    {
                         return;
                     }
                 }

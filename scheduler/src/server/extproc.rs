@@ -20,6 +20,7 @@
 //!    request leaves the endpoint's in-flight count exactly once ([`Dispatched`]'s `Drop`).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,17 +34,17 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use futures::Stream;
-use goodput_predictor::{Features, Sample};
+use goodput_predictor::{Features, Predictor, Sample};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::latency::{LatencyModel, VariantPredictors};
+use crate::latency::NoPredictions;
 use crate::metrics::{EndpointLabels, KindLabels, SchedulerMetrics};
 use crate::pick::{Decision, Outcome, PickRequest};
 use crate::prefix::{BLOCK_TOKENS, text_block_hashes};
 use crate::request::RequestFeatures;
-use crate::server::pool::{Pool, Ticket};
+use crate::server::pool::{Applied, Finished, Pool, Ticket};
 
 /// Header and metadata key naming the chosen endpoint.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
@@ -58,10 +59,28 @@ pub const MAX_BODY: usize = 16 << 20;
 
 const FULL_DUPLEX_STREAMED: i32 = 4;
 
+/// Whether picks use the predictors (they live in the [`Pool`], one per variant).
+#[derive(Debug, Default)]
+pub struct PredictionSwitch {
+    disabled: AtomicBool,
+}
+
+impl PredictionSwitch {
+    /// Turns predictions off (every pick is a load-based fallback) or back on; training
+    /// samples are still accepted.
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Relaxed);
+    }
+
+    pub fn disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+}
+
 /// What every stream shares.
 pub struct Shared {
     pub pool: Mutex<Pool>,
-    pub latency: VariantPredictors,
+    pub latency: PredictionSwitch,
     pub metrics: SchedulerMetrics,
 }
 
@@ -80,6 +99,39 @@ impl Shared {
                 endpoint: pool.addr(slot).to_string(),
             })
             .set(i64::from(pool.in_flight(slot)));
+    }
+
+    /// Keeps `endpoint_requests_in_flight` to the endpoints the pool holds: an endpoint that
+    /// left loses its series (the label stays bounded by the pool size).
+    fn record_finished(&self, f: &Finished) {
+        match f {
+            Finished::InFlight { addr, in_flight } => {
+                self.metrics
+                    .in_flight
+                    .get_or_create(&EndpointLabels {
+                        endpoint: addr.clone(),
+                    })
+                    .set(i64::from(*in_flight));
+            }
+            Finished::Released { addr } => {
+                self.metrics.in_flight.remove(&EndpointLabels {
+                    endpoint: addr.clone(),
+                });
+            }
+            Finished::Unknown => {}
+        }
+    }
+
+    /// Makes `endpoints` the pool's set (see [`Pool::set_endpoints`]) and drops the in-flight
+    /// series of the endpoints that are gone.
+    pub fn set_endpoints(&self, endpoints: Vec<crate::server::pool::EndpointSpec>) -> Applied {
+        let applied = self.lock().set_endpoints(endpoints);
+        for addr in &applied.removed {
+            self.metrics.in_flight.remove(&EndpointLabels {
+                endpoint: addr.clone(),
+            });
+        }
+        applied
     }
 }
 
@@ -117,7 +169,8 @@ impl ExternalProcessor for ExtProc {
 struct Dispatched {
     shared: Arc<Shared>,
     ticket: Ticket,
-    variant: usize,
+    /// The variant's predictor, trained with this request's measurements.
+    predictor: Option<Arc<Predictor>>,
     features: Features,
     slo_ttft_ms: Option<f64>,
     slo_tpot_ms: Option<f64>,
@@ -195,24 +248,27 @@ impl Dispatched {
                 .get_or_create(&KindLabels { kind: "tpot" })
                 .inc();
         }
-        self.shared.latency.observe(
-            self.variant,
-            Sample {
-                features: self.features,
-                ttft_ms: Some(ttft_ms),
-                tpot_ms,
-            },
-            unix_now(),
-        );
-        m.training_samples.inc();
+        if let Some(p) = &self.predictor {
+            p.add_samples(
+                &[Sample {
+                    features: self.features,
+                    ttft_ms: Some(ttft_ms),
+                    tpot_ms,
+                }],
+                unix_now(),
+            );
+            m.training_samples.inc();
+        }
     }
 }
 
 impl Drop for Dispatched {
     fn drop(&mut self) {
-        let mut pool = self.shared.lock();
-        pool.finished(&self.ticket, self.first_at.is_some());
-        self.shared.set_in_flight(&pool, self.ticket.slot);
+        let finished = self
+            .shared
+            .lock()
+            .finished(&self.ticket, self.first_at.is_some());
+        self.shared.record_finished(&finished);
     }
 }
 
@@ -449,18 +505,22 @@ impl Conversation {
             block_tokens: BLOCK_TOKENS as u32,
         };
         let started = Instant::now();
-        let (decision, ticket, dest, prefiller, variant) = {
+        let (decision, ticket, dest, prefiller, predictor) = {
             let mut pool = self.shared.lock();
-            let (d, t) = pool.pick(&pick, &self.shared.latency, started);
+            let (d, t) = if self.shared.latency.disabled() {
+                pool.pick(&pick, &NoPredictions, started)
+            } else {
+                pool.pick_predicted(&pick, started)
+            };
             let dest = t.map(|t| pool.addr(t.slot).to_string());
             let pre = t
                 .and_then(|t| t.prefill_slot)
                 .map(|p| pool.addr(p).to_string());
-            let variant = t.map(|t| pool.variant(t.slot)).unwrap_or(0);
+            let predictor = t.and_then(|t| pool.predictor(t.slot));
             if let Some(t) = t {
                 self.shared.set_in_flight(&pool, t.slot);
             }
-            (d, t, dest, pre, variant)
+            (d, t, dest, pre, predictor)
         };
         let m = &self.shared.metrics;
         m.pick_duration.observe(started.elapsed().as_secs_f64());
@@ -493,7 +553,7 @@ impl Conversation {
         self.dispatched = Some(Dispatched {
             shared: Arc::clone(&self.shared),
             ticket,
-            variant,
+            predictor,
             features: route.features,
             slo_ttft_ms: features.slo_ttft_ms,
             slo_tpot_ms: features.slo_tpot_ms,

@@ -2,21 +2,27 @@
 //!
 //! Data flow:
 //! ```text
-//! --endpoints / --endpoints-file ──► Pool (specs, variants) ◄── scraper: GET /metrics every
-//!                                     │   ▲                      interval (stale → down)
-//! Envoy ──ext_proc gRPC──► ExtProc ──pick┘   └── in flight, first token, finished
+//! --endpoints / --endpoints-file (once) ─┐
+//! Kubernetes discovery (pods by selector ┴─► Pool (endpoint set, per-variant predictors)
+//!   or InferencePool, as they change)          │   ▲  ◄── scraper: GET /metrics of the current
+//!                                              │   │      set every interval (stale → down)
+//! Envoy ──ext_proc gRPC──► ExtProc ──────pick──┘   └── in flight, first token, finished
 //!                              │ measured TTFT/TPOT + features at dispatch
 //!                              ▼
-//!                  per-variant Predictor (in-process, background trainer)
+//!                  the variant's Predictor (in-process, background trainer)
 //! /metrics (axum, --metrics-port) ◄── SchedulerMetrics
 //! ```
-//! Endpoints come from a static list or a file (re-read at start only); Kubernetes discovery
-//! by label selector or InferencePool is not implemented yet.
+//! Endpoints come from a static list or a file (read at start), or (cargo feature
+//! `kubernetes`) from [`discovery`], which keeps the pool's set equal to the cluster's ready
+//! pods; the pool drains endpoints that leave.
 
+#[cfg(feature = "kubernetes")]
+pub mod discovery;
 pub mod envoy;
 pub mod extproc;
 pub mod pool;
 pub mod scrape;
+pub mod variants;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,16 +32,16 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use goodput_core::catalog::Catalog;
-use goodput_predictor::{Predictor, PredictorConfig, Trainer, VariantPhysics};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::goodput::{GoodputConfig, GoodputPicker};
-use crate::latency::VariantPredictors;
 use crate::metrics::{SchedulerMetrics, StateLabels};
 use crate::pick::Picker;
-use crate::server::extproc::{ExtProc, Shared};
+use crate::server::extproc::{ExtProc, PredictionSwitch, Shared};
 use crate::server::pool::{EndpointSpec, Pool, SpecError, Staleness, parse_endpoints};
+use crate::server::variants::{PredictorSettings, Variants};
 
 /// Where the endpoints come from.
 #[derive(Debug, Clone)]
@@ -44,6 +50,9 @@ pub enum EndpointSource {
     List(String),
     /// One entry per line.
     File(PathBuf),
+    /// Pods in Kubernetes, followed as they come and go.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(discovery::DiscoveryConfig),
 }
 
 /// Settings of the server.
@@ -104,9 +113,13 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("starting the predictor trainer: {0}")]
     Trainer(std::io::Error),
+    #[cfg(feature = "kubernetes")]
+    #[error("Kubernetes client: {0}")]
+    Kube(String),
 }
 
-/// Reads the configured endpoints.
+/// Reads the configured static endpoints (none for a Kubernetes source: discovery adds them
+/// once the scheduler runs).
 pub fn load_endpoints(source: &EndpointSource) -> Result<Vec<EndpointSpec>, ServeError> {
     let text = match source {
         EndpointSource::List(s) => s.clone(),
@@ -116,6 +129,8 @@ pub fn load_endpoints(source: &EndpointSource) -> Result<Vec<EndpointSpec>, Serv
                 source,
             })?
         }
+        #[cfg(feature = "kubernetes")]
+        EndpointSource::Kubernetes(_) => return Ok(Vec::new()),
     };
     let specs = parse_endpoints(&text)?;
     if specs.is_empty() {
@@ -124,83 +139,70 @@ pub fn load_endpoints(source: &EndpointSource) -> Result<Vec<EndpointSpec>, Serv
     Ok(specs)
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// A running scheduler's shared state and background work.
 pub struct Running {
     pub shared: Arc<Shared>,
     pub registry: Arc<Registry>,
-    _trainers: Vec<Trainer>,
+    /// Tasks stopped with the server (discovery).
+    background: Vec<JoinHandle<()>>,
 }
 
-/// Builds the pool, predictors and metrics for `config`.
+impl Running {
+    /// Starts Kubernetes discovery feeding this scheduler's pool through `client` (tests
+    /// pass a client of their own; [`serve_on`] uses the in-cluster or kubeconfig one).
+    #[cfg(feature = "kubernetes")]
+    pub fn spawn_discovery(&mut self, client: kube::Client, config: discovery::DiscoveryConfig) {
+        let sink: Arc<dyn discovery::EndpointSink> = Arc::clone(&self.shared) as _;
+        self.background
+            .push(tokio::spawn(discovery::run(client, config, sink)));
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.background {
+            t.abort();
+        }
+    }
+}
+
+/// Builds the pool, predictors and metrics for `config` (with a Kubernetes source the pool
+/// starts empty).
 pub fn build(config: &ServeConfig) -> Result<Running, ServeError> {
     let specs = load_endpoints(&config.endpoints)?;
-    let catalog = Catalog::builtin();
-    let mut keys: Vec<(Option<String>, u32, u8)> = Vec::new();
-    let mut variants = Vec::new();
-    for s in &specs {
-        let k = s.variant_key();
-        let i = match keys.iter().position(|x| *x == k) {
-            Some(i) => i,
-            None => {
-                keys.push(k);
-                keys.len() - 1
-            }
-        };
-        variants.push(i);
+    if config.predictions {
+        // A bad --model fails at start, not when the first endpoint shows up.
+        Catalog::builtin()
+            .model(&config.model)
+            .map_err(|e| ServeError::Catalog(e.to_string()))?;
     }
-    let mut predictors = Vec::new();
-    let mut trainers = Vec::new();
-    for (acc, tp, _) in &keys {
-        if !config.predictions {
-            predictors.push(None);
-            continue;
-        }
-        let physics = match acc {
-            Some(a) => {
-                let model = catalog
-                    .model(&config.model)
-                    .map_err(|e| ServeError::Catalog(e.to_string()))?;
-                let acc = catalog
-                    .accelerator(a)
-                    .map_err(|e| ServeError::Catalog(e.to_string()))?;
-                Some(VariantPhysics::new(model, acc, *tp))
-            }
-            None => None,
-        };
-        let p = Arc::new(Predictor::new(PredictorConfig {
-            physics,
-            retrain_interval_s: config.retrain_interval_s,
-            ..Default::default()
-        }));
-        trainers.push(p.spawn_trainer(unix_now).map_err(ServeError::Trainer)?);
-        predictors.push(Some(p));
-    }
+    let variants = Variants::new(PredictorSettings {
+        enabled: config.predictions,
+        model: config.model.clone(),
+        retrain_interval_s: config.retrain_interval_s,
+    });
     let picker: Box<dyn Picker> = match config.picker.as_str() {
         "goodput" => Box::new(GoodputPicker::new(config.goodput)),
         other => crate::picker_for(other).ok_or_else(|| ServeError::Picker(other.into()))?,
     };
+    let pool = Pool::with_endpoints(specs, variants, picker, config.staleness)?;
     let metrics = SchedulerMetrics::default();
     let mut registry = Registry::with_prefix("goodput_scheduler");
     metrics.register(&mut registry);
     let shared = Arc::new(Shared {
-        pool: Mutex::new(Pool::new(specs, variants, picker, config.staleness)),
-        latency: VariantPredictors::new(predictors),
+        pool: Mutex::new(pool),
+        latency: PredictionSwitch::default(),
         metrics,
     });
     Ok(Running {
         shared,
         registry: Arc::new(registry),
-        _trainers: trainers,
+        background: Vec::new(),
     })
 }
 
-/// Scrapes every endpoint's `/metrics` every `interval`, forever.
+/// Scrapes the `/metrics` of every endpoint in the pool's current set every `interval`,
+/// forever.
 pub async fn scrape_loop(shared: Arc<Shared>, interval: Duration) {
     let client = match reqwest::Client::builder()
         .timeout(interval.max(Duration::from_millis(500)))
@@ -212,16 +214,15 @@ pub async fn scrape_loop(shared: Arc<Shared>, interval: Duration) {
             return;
         }
     };
-    let addrs: Vec<String> = {
-        let pool = lock(&shared);
-        (0..pool.len()).map(|i| pool.addr(i).to_string()).collect()
-    };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let results = futures::future::join_all(addrs.iter().map(|a| {
-            let url = format!("http://{a}/metrics");
+        // The set may change between ticks (discovery); results of endpoints that left or
+        // whose slot changed hands meanwhile are dropped by the pool.
+        let targets = lock(&shared).scrape_targets();
+        let results = futures::future::join_all(targets.iter().map(|t| {
+            let url = format!("http://{}/metrics", t.addr);
             let client = client.clone();
             async move {
                 let r = client.get(&url).send().await.ok()?;
@@ -241,11 +242,8 @@ pub async fn scrape_loop(shared: Arc<Shared>, interval: Duration) {
         .await;
         let now = Instant::now();
         let mut pool = lock(&shared);
-        for (slot, r) in results.into_iter().enumerate() {
-            match r {
-                Some(s) => pool.scraped(slot, s, now),
-                None => pool.scrape_failed(slot),
-            }
+        for (t, r) in targets.iter().zip(results) {
+            pool.scrape_result(t, r, now);
         }
         let (ready, stale, down) = pool.health_counts(now);
         drop(pool);
@@ -329,7 +327,15 @@ pub async fn serve_on(
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let running = build(&config)?;
+    #[allow(unused_mut)]
+    let mut running = build(&config)?;
+    #[cfg(feature = "kubernetes")]
+    if let EndpointSource::Kubernetes(d) = &config.endpoints {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| ServeError::Kube(e.to_string()))?;
+        running.spawn_discovery(client, d.clone());
+    }
     serve_running(running, config.scrape_interval, grpc, metrics, shutdown).await
 }
 

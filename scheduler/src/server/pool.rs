@@ -1,21 +1,30 @@
-//! The endpoint pool the server routes over: static specs (`--endpoints` or a file), the
-//! latest scrape of each, the requests dispatched to each, and the picker with its prefix
-//! index, all behind one lock so that a pick sees one consistent snapshot.
+//! The endpoint pool the server routes over: the endpoint set (a static list, or what
+//! Kubernetes discovery last saw), the latest scrape of each endpoint, the requests dispatched
+//! to each, the per-variant predictors, and the picker with its prefix index, all behind one
+//! lock so that a pick sees one consistent snapshot.
 //!
-//! Data flow: [`parse_endpoints`] turns the command line or file into [`EndpointSpec`]s; the
-//! scraper calls [`Pool::scraped`] / [`Pool::scrape_failed`]; the ext_proc stream calls
-//! [`Pool::pick`] (which builds the views, asks the picker, records the prompt's blocks and
-//! counts the request in flight), [`Pool::first_token`] and [`Pool::finished`].
+//! Data flow: [`parse_endpoints`] (or discovery) yields [`EndpointSpec`]s and
+//! [`Pool::set_endpoints`] makes them the set: joiners get a slot (a freed one is reused, with
+//! a new generation and a cold prefix cache), leavers stop being picked and scraped at once and
+//! keep their slot only until their last request in flight finishes. The scraper fetches
+//! [`Pool::scrape_targets`] and hands back [`Pool::scrape_result`]s; the ext_proc stream calls
+//! [`Pool::pick`] / [`Pool::pick_predicted`] (which builds the views, asks the picker, records
+//! the prompt's blocks and counts the request in flight), [`Pool::first_token`] and
+//! [`Pool::finished`]. Tickets and scrape results carry the slot's generation, so they never
+//! touch a later occupant of the same slot.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use goodput_predictor::PodType;
+use goodput_predictor::{PodType, Predictor};
 
 use crate::endpoint::{EndpointView, Health};
 use crate::latency::LatencyModel;
 use crate::pick::{Decision, PickRequest, Picker};
 use crate::prefix::PrefixIndex;
 use crate::server::scrape::Scraped;
+use crate::server::variants::Variants;
 
 /// One endpoint as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,26 +117,99 @@ pub struct Staleness {
 struct Entry {
     spec: EndpointSpec,
     variant: usize,
+    /// Distinguishes the endpoints that ever held this slot: a ticket or a scrape result of an
+    /// earlier occupant never touches a later one.
+    generation: u64,
+    /// Left the endpoint set but still has requests in flight: not picked, not scraped, and
+    /// its slot is released when the last request finishes.
+    removed: bool,
     scraped: Scraped,
     last_ok: Option<Instant>,
     failures: u32,
     in_flight: u32,
     prefill_tokens_in_flight: u64,
-    /// Requests routed here since start.
+    /// Requests routed here since it joined.
     dispatched: u64,
+}
+
+impl Entry {
+    fn new(spec: EndpointSpec, variant: usize, generation: u64) -> Self {
+        Self {
+            spec,
+            variant,
+            generation,
+            removed: false,
+            scraped: Scraped::default(),
+            last_ok: None,
+            failures: 0,
+            in_flight: 0,
+            prefill_tokens_in_flight: 0,
+            dispatched: 0,
+        }
+    }
 }
 
 /// A dispatched request's bookkeeping, handed back on first token and finish.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
     pub slot: usize,
+    /// The generation of the slot's endpoint at dispatch.
+    pub generation: u64,
     pub prefill_slot: Option<usize>,
     pub uncached_tokens: u64,
 }
 
+/// One endpoint to scrape: its slot, the generation of its occupant, and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScrapeTarget {
+    pub slot: usize,
+    pub generation: u64,
+    pub addr: String,
+}
+
+/// What [`Pool::set_endpoints`] changed, by address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub added: Vec<String>,
+    /// Left with nothing in flight: gone at once.
+    pub removed: Vec<String>,
+    /// Left with requests in flight: no longer picked; released when the last one ends.
+    pub draining: Vec<String>,
+    /// Kept, with new attributes (role, accelerator or tp).
+    pub changed: Vec<String>,
+    /// Not added, with the reason (e.g. an accelerator the catalog does not know).
+    pub rejected: Vec<(String, String)>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.draining.is_empty()
+            && self.changed.is_empty()
+            && self.rejected.is_empty()
+    }
+}
+
+/// What finishing a request left at its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// The endpoint is still known, with this many requests in flight.
+    InFlight { addr: String, in_flight: u32 },
+    /// The endpoint had left the pool and this was its last request: its slot is free.
+    Released { addr: String },
+    /// The ticket's endpoint is no longer there (already released): nothing to do.
+    Unknown,
+}
+
 /// The pool and the picker.
 pub struct Pool {
-    entries: Vec<Entry>,
+    /// Indexed by slot; `None` is a free slot.
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    by_addr: HashMap<String, usize>,
+    next_generation: u64,
+    variants: Variants,
     picker: Box<dyn Picker>,
     prefix: PrefixIndex,
     views: Vec<EndpointView>,
@@ -135,28 +217,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// `variants[i]` is the variant index of `specs[i]`.
-    pub fn new(
-        specs: Vec<EndpointSpec>,
-        variants: Vec<usize>,
-        picker: Box<dyn Picker>,
-        staleness: Staleness,
-    ) -> Self {
+    /// An empty pool (endpoints come later through [`Pool::set_endpoints`]).
+    pub fn new(variants: Variants, picker: Box<dyn Picker>, staleness: Staleness) -> Self {
         Self {
-            entries: specs
-                .into_iter()
-                .zip(variants)
-                .map(|(spec, variant)| Entry {
-                    spec,
-                    variant,
-                    scraped: Scraped::default(),
-                    last_ok: None,
-                    failures: 0,
-                    in_flight: 0,
-                    prefill_tokens_in_flight: 0,
-                    dispatched: 0,
-                })
-                .collect(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            by_addr: HashMap::new(),
+            next_generation: 0,
+            variants,
             picker,
             prefix: PrefixIndex::default(),
             views: Vec::new(),
@@ -164,34 +232,239 @@ impl Pool {
         }
     }
 
+    /// A pool of a static list: slot `i` is `specs[i]`; any endpoint whose variant cannot be set
+    /// up is an error.
+    pub fn with_endpoints(
+        specs: Vec<EndpointSpec>,
+        variants: Variants,
+        picker: Box<dyn Picker>,
+        staleness: Staleness,
+    ) -> Result<Self, SpecError> {
+        let mut pool = Self::new(variants, picker, staleness);
+        let applied = pool.set_endpoints(specs);
+        if let Some((entry, message)) = applied.rejected.into_iter().next() {
+            return Err(SpecError { entry, message });
+        }
+        Ok(pool)
+    }
+
+    /// Makes the pool's endpoint set `desired` (unique by address; later duplicates are
+    /// rejected). Endpoints that left stop being picked and scraped at once; the ones with
+    /// requests in flight keep their slot until the last request finishes, so a ticket never
+    /// lands on another endpoint. A known address keeps its slot, counters and predictor
+    /// (its attributes are updated in place when they changed).
+    pub fn set_endpoints(&mut self, desired: Vec<EndpointSpec>) -> Applied {
+        let mut applied = Applied::default();
+        let mut wanted: HashSet<&str> = HashSet::with_capacity(desired.len());
+        for s in &desired {
+            if !wanted.insert(s.addr.as_str()) {
+                applied
+                    .rejected
+                    .push((s.addr.clone(), "listed twice".into()));
+            }
+        }
+        // Leavers first, so that their slots can be reused by the joiners.
+        for slot in 0..self.entries.len() {
+            let Some(e) = self.entries[slot].as_mut() else {
+                continue;
+            };
+            if e.removed || wanted.contains(e.spec.addr.as_str()) {
+                continue;
+            }
+            let addr = e.spec.addr.clone();
+            if e.in_flight == 0 {
+                self.release(slot);
+                applied.removed.push(addr);
+            } else {
+                e.removed = true;
+                self.prefix.forget(slot);
+                applied.draining.push(addr);
+            }
+        }
+        let mut seen: HashSet<&str> = HashSet::with_capacity(desired.len());
+        for spec in &desired {
+            if !seen.insert(spec.addr.as_str()) {
+                continue;
+            }
+            match self.by_addr.get(&spec.addr).copied() {
+                Some(slot) => self.update(slot, spec, &mut applied),
+                None => match self.variants.variant_for(spec) {
+                    Ok(variant) => {
+                        self.insert(spec.clone(), variant);
+                        applied.added.push(spec.addr.clone());
+                    }
+                    Err(e) => applied.rejected.push((spec.addr.clone(), e.to_string())),
+                },
+            }
+        }
+        applied
+    }
+
+    /// A desired endpoint that already has a slot: revive it if it was draining, and follow
+    /// changed attributes.
+    fn update(&mut self, slot: usize, spec: &EndpointSpec, applied: &mut Applied) {
+        let variant = match self.entries[slot].as_ref() {
+            Some(e) if e.spec != *spec => match self.variants.variant_for(spec) {
+                Ok(v) => Some(v),
+                Err(err) => {
+                    applied.rejected.push((spec.addr.clone(), err.to_string()));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let Some(e) = self.entries[slot].as_mut() else {
+            return;
+        };
+        if e.removed {
+            // Back before its last request finished (e.g. ready again): a cold start as far
+            // as we know, measured afresh before it is picked.
+            e.removed = false;
+            e.last_ok = None;
+            e.failures = 0;
+            applied.added.push(spec.addr.clone());
+        }
+        if let Some(v) = variant {
+            e.spec = spec.clone();
+            e.variant = v;
+            applied.changed.push(spec.addr.clone());
+        }
+    }
+
+    fn insert(&mut self, spec: EndpointSpec, variant: usize) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let addr = spec.addr.clone();
+        let entry = Some(Entry::new(spec, variant, generation));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.entries[slot] = entry;
+                slot
+            }
+            None => {
+                self.entries.push(entry);
+                self.entries.len() - 1
+            }
+        };
+        // A reused slot starts with a cold cache.
+        self.prefix.forget(slot);
+        self.by_addr.insert(addr, slot);
+    }
+
+    fn release(&mut self, slot: usize) {
+        if let Some(e) = self.entries.get_mut(slot).and_then(Option::take) {
+            self.by_addr.remove(&e.spec.addr);
+            self.prefix.forget(slot);
+            self.free.push(slot);
+        }
+    }
+
+    fn active(&self, slot: usize) -> Option<&Entry> {
+        self.entries
+            .get(slot)
+            .and_then(Option::as_ref)
+            .filter(|e| !e.removed)
+    }
+
+    /// Slots ever used (active, draining or free): slot indices are below this.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no endpoint is in the set.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.active_count() == 0
     }
 
+    /// Endpoints in the set (not counting the draining ones).
+    pub fn active_count(&self) -> usize {
+        self.entries.iter().flatten().filter(|e| !e.removed).count()
+    }
+
+    /// Endpoints that left the set with requests still in flight.
+    pub fn draining_count(&self) -> usize {
+        self.entries.iter().flatten().filter(|e| e.removed).count()
+    }
+
+    /// (slot, address) of the endpoints in the set, by slot.
+    pub fn endpoints(&self) -> Vec<(usize, String)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                e.as_ref()
+                    .filter(|e| !e.removed)
+                    .map(|e| (i, e.spec.addr.clone()))
+            })
+            .collect()
+    }
+
+    /// The slot of `addr`, if it is in the set or draining.
+    pub fn slot_of(&self, addr: &str) -> Option<usize> {
+        self.by_addr.get(addr).copied()
+    }
+
+    /// What the scraper should fetch now: the endpoints in the set.
+    pub fn scrape_targets(&self) -> Vec<ScrapeTarget> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| {
+                e.as_ref().filter(|e| !e.removed).map(|e| ScrapeTarget {
+                    slot,
+                    generation: e.generation,
+                    addr: e.spec.addr.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The address of the endpoint in `slot` ("" for a free slot).
     pub fn addr(&self, slot: usize) -> &str {
-        self.entries.get(slot).map_or("", |e| e.spec.addr.as_str())
+        self.entries
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or("", |e| e.spec.addr.as_str())
     }
 
     pub fn variant(&self, slot: usize) -> usize {
-        self.entries.get(slot).map_or(0, |e| e.variant)
+        self.entries
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or(0, |e| e.variant)
+    }
+
+    /// The predictor of the variant of the endpoint in `slot`.
+    pub fn predictor(&self, slot: usize) -> Option<Arc<Predictor>> {
+        let e = self.entries.get(slot).and_then(Option::as_ref)?;
+        self.variants.predictor(e.variant)
+    }
+
+    /// Variants known so far (one predictor each when predictions are on).
+    pub fn variant_count(&self) -> usize {
+        self.variants.len()
     }
 
     pub fn in_flight(&self, slot: usize) -> u32 {
-        self.entries.get(slot).map_or(0, |e| e.in_flight)
+        self.entries
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or(0, |e| e.in_flight)
     }
 
-    /// Requests routed to endpoint `slot` since start.
+    /// Requests routed to the endpoint in `slot` since it joined.
     pub fn dispatched(&self, slot: usize) -> u64 {
-        self.entries.get(slot).map_or(0, |e| e.dispatched)
+        self.entries
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or(0, |e| e.dispatched)
     }
 
+    /// A scrape of the endpoint in `slot` succeeded.
     pub fn scraped(&mut self, slot: usize, s: Scraped, at: Instant) {
-        if let Some(e) = self.entries.get_mut(slot) {
-            if e.last_ok.is_none() || e.failures >= self.staleness.down_after_failures {
+        let down_after = self.staleness.down_after_failures;
+        if let Some(e) = self.entries.get_mut(slot).and_then(Option::as_mut) {
+            if e.last_ok.is_none() || e.failures >= down_after {
                 // First sight, or back after being down (a restarted pod): its cache is cold.
                 self.prefix.forget(slot);
             }
@@ -202,16 +475,34 @@ impl Pool {
     }
 
     pub fn scrape_failed(&mut self, slot: usize) {
-        if let Some(e) = self.entries.get_mut(slot) {
+        if let Some(e) = self.entries.get_mut(slot).and_then(Option::as_mut) {
             e.failures = e.failures.saturating_add(1);
         }
     }
 
-    /// Health of one endpoint at `now`.
+    /// The result of scraping `target`, dropped when the slot changed hands meanwhile.
+    pub fn scrape_result(&mut self, target: &ScrapeTarget, result: Option<Scraped>, at: Instant) {
+        let current = self
+            .active(target.slot)
+            .is_some_and(|e| e.generation == target.generation);
+        if !current {
+            return;
+        }
+        match result {
+            Some(s) => self.scraped(target.slot, s, at),
+            None => self.scrape_failed(target.slot),
+        }
+    }
+
+    /// Health of one endpoint at `now` (a draining or free slot is down).
     pub fn health(&self, slot: usize, now: Instant) -> Health {
-        let Some(e) = self.entries.get(slot) else {
-            return Health::Down;
-        };
+        match self.active(slot) {
+            Some(e) => self.entry_health(e, now),
+            None => Health::Down,
+        }
+    }
+
+    fn entry_health(&self, e: &Entry, now: Instant) -> Health {
         let Some(last) = e.last_ok else {
             return Health::Down;
         };
@@ -225,11 +516,11 @@ impl Pool {
         }
     }
 
-    /// Endpoints per health state: (ready, stale, down).
+    /// Endpoints in the set per health state: (ready, stale, down).
     pub fn health_counts(&self, now: Instant) -> (i64, i64, i64) {
         let mut c = (0, 0, 0);
-        for slot in 0..self.entries.len() {
-            match self.health(slot, now) {
+        for e in self.entries.iter().flatten().filter(|e| !e.removed) {
+            match self.entry_health(e, now) {
                 Health::Ready => c.0 += 1,
                 Health::Stale => c.1 += 1,
                 Health::Down => c.2 += 1,
@@ -238,21 +529,43 @@ impl Pool {
         c
     }
 
-    /// Picks for `request`; on a route, records its blocks and counts it in flight.
+    /// Picks for `request` with `latency`'s predictions; on a route, records its blocks and
+    /// counts it in flight.
     pub fn pick(
         &mut self,
         request: &PickRequest<'_>,
         latency: &dyn LatencyModel,
         now: Instant,
     ) -> (Decision, Option<Ticket>) {
+        self.pick_inner(request, Some(latency), now)
+    }
+
+    /// [`Pool::pick`] with the pool's own per-variant predictors.
+    pub fn pick_predicted(
+        &mut self,
+        request: &PickRequest<'_>,
+        now: Instant,
+    ) -> (Decision, Option<Ticket>) {
+        self.pick_inner(request, None, now)
+    }
+
+    fn pick_inner(
+        &mut self,
+        request: &PickRequest<'_>,
+        latency: Option<&dyn LatencyModel>,
+        now: Instant,
+    ) -> (Decision, Option<Ticket>) {
         let mut views = std::mem::take(&mut self.views);
         views.clear();
         for (slot, e) in self.entries.iter().enumerate() {
+            let Some(e) = e.as_ref().filter(|e| !e.removed) else {
+                continue;
+            };
             views.push(EndpointView {
                 slot,
                 variant: e.variant,
                 role: e.spec.role,
-                health: self.health(slot, now),
+                health: self.entry_health(e, now),
                 running: e.scraped.running,
                 waiting: e.scraped.waiting,
                 kv_usage: e.scraped.kv_usage,
@@ -261,6 +574,10 @@ impl Pool {
                 decode_tokens_in_flight: 0,
             });
         }
+        let latency: &dyn LatencyModel = match latency {
+            Some(l) => l,
+            None => self.variants.latency(),
+        };
         let d = self.picker.pick(request, &views, &self.prefix, latency);
         let ticket = match &d {
             Decision::Route(r) => {
@@ -272,13 +589,16 @@ impl Pool {
                 if let Some(p) = prefill_slot {
                     self.prefix.record(p, request.hashes);
                 }
-                if let Some(e) = self.entries.get_mut(slot) {
+                let mut generation = 0;
+                if let Some(e) = self.entries.get_mut(slot).and_then(Option::as_mut) {
                     e.in_flight += 1;
                     e.dispatched += 1;
                     e.prefill_tokens_in_flight += uncached;
+                    generation = e.generation;
                 }
                 Some(Ticket {
                     slot,
+                    generation,
                     prefill_slot,
                     uncached_tokens: uncached,
                 })
@@ -289,22 +609,41 @@ impl Pool {
         (d, ticket)
     }
 
+    /// The ticket's endpoint, if it is still the one the ticket was issued for.
+    fn ticket_entry(&mut self, t: &Ticket) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(t.slot)
+            .and_then(Option::as_mut)
+            .filter(|e| e.generation == t.generation)
+    }
+
     /// The request's first token arrived: its prompt is no longer queued for prefill.
     pub fn first_token(&mut self, t: &Ticket) {
-        if let Some(e) = self.entries.get_mut(t.slot) {
+        if let Some(e) = self.ticket_entry(t) {
             e.prefill_tokens_in_flight =
                 e.prefill_tokens_in_flight.saturating_sub(t.uncached_tokens);
         }
     }
 
     /// The request ended (completed, failed or cancelled). `had_first_token` says whether
-    /// [`Pool::first_token`] was already called for it.
-    pub fn finished(&mut self, t: &Ticket, had_first_token: bool) {
+    /// [`Pool::first_token`] was already called for it. The last request of an endpoint that
+    /// left the set releases its slot.
+    pub fn finished(&mut self, t: &Ticket, had_first_token: bool) -> Finished {
         if !had_first_token {
             self.first_token(t);
         }
-        if let Some(e) = self.entries.get_mut(t.slot) {
-            e.in_flight = e.in_flight.saturating_sub(1);
+        let Some(e) = self.ticket_entry(t) else {
+            return Finished::Unknown;
+        };
+        e.in_flight = e.in_flight.saturating_sub(1);
+        let addr = e.spec.addr.clone();
+        if e.removed && e.in_flight == 0 {
+            self.release(t.slot);
+            return Finished::Released { addr };
+        }
+        Finished::InFlight {
+            addr,
+            in_flight: e.in_flight,
         }
     }
 }
@@ -314,6 +653,47 @@ mod tests {
     use super::*;
     use crate::latency::NoPredictions;
     use crate::pick::{Decision, RoundRobin};
+    use proptest::prelude::*;
+
+    const ST: Staleness = Staleness {
+        stale_after: Duration::from_secs(1),
+        down_after: Duration::from_secs(10),
+        down_after_failures: 3,
+    };
+
+    fn specs(addrs: &[&str]) -> Vec<EndpointSpec> {
+        addrs
+            .iter()
+            .map(|a| EndpointSpec {
+                addr: (*a).into(),
+                role: PodType::Monolithic,
+                accelerator: None,
+                tp: 1,
+            })
+            .collect()
+    }
+
+    fn empty_pool() -> Pool {
+        Pool::new(
+            Variants::without_predictions(),
+            Box::new(RoundRobin::default()),
+            ST,
+        )
+    }
+
+    fn req() -> PickRequest<'static> {
+        PickRequest {
+            prompt_tokens: 100,
+            block_tokens: 16,
+            ..Default::default()
+        }
+    }
+
+    fn scrape_all(pool: &mut Pool, at: Instant) {
+        for t in pool.scrape_targets() {
+            pool.scrape_result(&t, Some(Scraped::default()), at);
+        }
+    }
 
     #[test]
     fn parses_lists_and_files() {
@@ -347,7 +727,13 @@ mod tests {
             down_after_failures: 3,
         };
         let specs = parse_endpoints("a:1,b:2").unwrap();
-        let mut pool = Pool::new(specs, vec![0, 0], Box::new(RoundRobin::default()), st);
+        let mut pool = Pool::with_endpoints(
+            specs,
+            Variants::without_predictions(),
+            Box::new(RoundRobin::default()),
+            st,
+        )
+        .unwrap();
         let t0 = Instant::now();
         assert_eq!(pool.health(0, t0), Health::Down, "never scraped");
         pool.scraped(0, Scraped::default(), t0);
@@ -375,5 +761,210 @@ mod tests {
         assert_eq!(pool.in_flight(1), 0);
         let (d, _) = pool.pick(&req, &NoPredictions, t0 + Duration::from_secs(60));
         assert_eq!(d, Decision::NoEndpoint);
+    }
+
+    #[test]
+    fn leavers_drain_their_requests_and_joiners_reuse_free_slots() {
+        let mut pool = empty_pool();
+        let t0 = Instant::now();
+        let a = pool.set_endpoints(specs(&["a:1", "b:1"]));
+        assert_eq!(a.added, vec!["a:1", "b:1"]);
+        scrape_all(&mut pool, t0);
+        // One request to each.
+        let (_, t1) = pool.pick(&req(), &NoPredictions, t0);
+        let (_, t2) = pool.pick(&req(), &NoPredictions, t0);
+        let (t1, t2) = (t1.unwrap(), t2.unwrap());
+        assert_ne!(t1.slot, t2.slot);
+        let a_slot = pool.slot_of("a:1").unwrap();
+        let (ta, tb) = if t1.slot == a_slot {
+            (t1, t2)
+        } else {
+            (t2, t1)
+        };
+
+        // a leaves with a request in flight: not picked, not scraped, slot kept.
+        let ch = pool.set_endpoints(specs(&["b:1"]));
+        assert_eq!(ch.draining, vec!["a:1"]);
+        assert_eq!(pool.active_count(), 1);
+        assert_eq!(pool.draining_count(), 1);
+        assert!(pool.scrape_targets().iter().all(|t| t.addr == "b:1"));
+        for _ in 0..4 {
+            let (_, t) = pool.pick(&req(), &NoPredictions, t0);
+            let t = t.unwrap();
+            assert_eq!(pool.addr(t.slot), "b:1");
+            pool.finished(&t, false);
+        }
+        // c joins while a drains: a's slot is not handed out.
+        pool.set_endpoints(specs(&["b:1", "c:1"]));
+        let c_slot = pool.slot_of("c:1").unwrap();
+        assert_ne!(c_slot, a_slot);
+        // a's request ends: its slot is released, nobody else's count moves.
+        assert_eq!(
+            pool.finished(&ta, true),
+            Finished::Released { addr: "a:1".into() }
+        );
+        assert_eq!(pool.slot_of("a:1"), None);
+        assert_eq!(pool.in_flight(c_slot), 0);
+        assert_eq!(pool.in_flight(tb.slot), 1);
+        // d reuses a's slot with a new generation: a's old ticket cannot touch it.
+        pool.set_endpoints(specs(&["b:1", "c:1", "d:1"]));
+        assert_eq!(pool.slot_of("d:1"), Some(a_slot));
+        scrape_all(&mut pool, t0);
+        let mut td = None;
+        for _ in 0..3 {
+            let (_, t) = pool.pick(&req(), &NoPredictions, t0);
+            let t = t.unwrap();
+            if t.slot == a_slot {
+                td = Some(t);
+            } else {
+                pool.finished(&t, false);
+            }
+        }
+        let td = td.expect("d gets picks");
+        assert_eq!(pool.in_flight(a_slot), 1);
+        assert_eq!(pool.finished(&ta, false), Finished::Unknown);
+        assert_eq!(
+            pool.in_flight(a_slot),
+            1,
+            "a stale ticket does not count down d"
+        );
+        assert!(matches!(
+            pool.finished(&td, false),
+            Finished::InFlight { in_flight: 0, .. }
+        ));
+        // Leaving with nothing in flight frees at once.
+        let mut ch = pool.set_endpoints(specs(&["b:1"]));
+        ch.removed.sort();
+        assert_eq!(ch.removed, vec!["c:1", "d:1"]);
+        assert_eq!(
+            pool.finished(&tb, false),
+            Finished::InFlight {
+                addr: "b:1".into(),
+                in_flight: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_draining_endpoint_that_returns_keeps_its_requests() {
+        let mut pool = empty_pool();
+        let t0 = Instant::now();
+        pool.set_endpoints(specs(&["a:1"]));
+        scrape_all(&mut pool, t0);
+        let (_, t) = pool.pick(&req(), &NoPredictions, t0);
+        let t = t.unwrap();
+        pool.set_endpoints(Vec::new());
+        assert_eq!(pool.health(t.slot, t0), Health::Down);
+        let ch = pool.set_endpoints(specs(&["a:1"]));
+        assert_eq!(ch.added, vec!["a:1"]);
+        assert_eq!(pool.slot_of("a:1"), Some(t.slot));
+        assert_eq!(
+            pool.health(t.slot, t0),
+            Health::Down,
+            "measured afresh first"
+        );
+        assert_eq!(pool.in_flight(t.slot), 1);
+        assert_eq!(
+            pool.finished(&t, false),
+            Finished::InFlight {
+                addr: "a:1".into(),
+                in_flight: 0
+            }
+        );
+    }
+
+    #[test]
+    fn scrape_results_of_an_earlier_occupant_are_dropped() {
+        let mut pool = empty_pool();
+        let t0 = Instant::now();
+        pool.set_endpoints(specs(&["a:1"]));
+        let old = pool.scrape_targets();
+        pool.set_endpoints(specs(&["b:1"]));
+        assert_eq!(pool.slot_of("b:1"), Some(old[0].slot));
+        pool.scrape_result(&old[0], Some(Scraped::default()), t0);
+        assert_eq!(pool.health(old[0].slot, t0), Health::Down);
+    }
+
+    #[test]
+    fn changed_attributes_move_the_endpoint_to_its_new_variant() {
+        let mut pool = empty_pool();
+        pool.set_endpoints(specs(&["a:1"]));
+        let mut s = specs(&["a:1"]);
+        s[0].role = PodType::Prefill;
+        let ch = pool.set_endpoints(s);
+        assert_eq!(ch.changed, vec!["a:1"]);
+        assert_eq!(pool.variant(0), 1);
+        assert_eq!(pool.variant_count(), 2);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(Vec<bool>),
+        Pick,
+        Finish(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            prop::collection::vec(any::<bool>(), 6).prop_map(Op::Set),
+            Just(Op::Pick),
+            (0usize..64).prop_map(Op::Finish),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the order of set changes, picks and finishes: every pick goes to an
+        /// endpoint in the set, each endpoint's in-flight count equals its open tickets, and
+        /// once every ticket is finished only the set's endpoints hold slots.
+        #[test]
+        fn in_flight_counts_follow_tickets_across_set_changes(ops in prop::collection::vec(op(), 1..80)) {
+            let names = ["a:1", "b:1", "c:1", "d:1", "e:1", "f:1"];
+            let mut pool = empty_pool();
+            let t0 = Instant::now();
+            let mut open: Vec<(Ticket, String)> = Vec::new();
+            let mut set: Vec<&str> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Set(mask) => {
+                        set = names.iter().zip(&mask).filter(|(_, m)| **m).map(|(n, _)| *n).collect();
+                        pool.set_endpoints(specs(&set));
+                        scrape_all(&mut pool, t0);
+                    }
+                    Op::Pick => {
+                        if let (_, Some(t)) = pool.pick(&req(), &NoPredictions, t0) {
+                            let addr = pool.addr(t.slot).to_string();
+                            prop_assert!(set.contains(&addr.as_str()), "{addr} not in {set:?}");
+                            open.push((t, addr));
+                        }
+                    }
+                    Op::Finish(i) => {
+                        if !open.is_empty() {
+                            let (t, addr) = open.remove(i % open.len());
+                            match pool.finished(&t, false) {
+                                Finished::InFlight { addr: a, .. } | Finished::Released { addr: a } => {
+                                    prop_assert_eq!(a, addr);
+                                }
+                                Finished::Unknown => prop_assert!(false, "ticket of {} lost", addr),
+                            }
+                        }
+                    }
+                }
+                for slot in 0..pool.len() {
+                    let addr = pool.addr(slot);
+                    if addr.is_empty() {
+                        continue;
+                    }
+                    let n = open.iter().filter(|(_, a)| a == addr).count();
+                    prop_assert_eq!(pool.in_flight(slot) as usize, n, "{}", addr);
+                }
+            }
+            for (t, _) in open.drain(..) {
+                pool.finished(&t, true);
+            }
+            let mut held: Vec<String> = pool.endpoints().into_iter().map(|(_, a)| a).collect();
+            held.sort();
+            prop_assert_eq!(held, set.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            prop_assert_eq!(pool.draining_count(), 0);
+        }
     }
 }

@@ -83,6 +83,9 @@ VALUE_SETS = {
         "autoscaling": {"mode": "keda", "variants": VARIANTS},
         "tracing": {"otlpEndpoint": "http://otel-collector.observability.svc:4317"},
     },
+    "scheduler-selector": {"scheduler": {"enabled": True, "discovery": {
+        "selector": "app=vllm,model=llama", "targetPorts": "8000,8001", "namespace": "llm"}}},
+    "scheduler-inferencepool": {"scheduler": {"enabled": True, "discovery": {"inferencePool": "vllm-pool"}}},
     "podmonitors": {"monitoring": {"podMonitor": {"enabled": True}}, "predictor": {"enabled": True},
                     "controller": {"leaderElection": {"enabled": False}}},
 }
@@ -368,7 +371,11 @@ def main():
                   "keda-external": {"ScaledObject": 2},
                   "everything": {"ServiceMonitor": 3, "PodMonitor": 1, "PrometheusRule": 1,
                                  "ScaledObject": 2, "RoleBinding": 2, "Deployment": 3},
-                  "podmonitors": {"PodMonitor": 2, "Role": 0}}
+                  "podmonitors": {"PodMonitor": 2, "Role": 0},
+                  # Discovery: the scheduler's own Role (pods; InferencePools when named), no
+                  # endpoints ConfigMap.
+                  "scheduler-selector": {"Deployment": 2, "ConfigMap": 4, "Role": 2, "RoleBinding": 2},
+                  "scheduler-inferencepool": {"Deployment": 2, "ConfigMap": 4, "Role": 2}}
         for name, want in expect.items():
             got = {}
             for o in rendered.get(name, []):

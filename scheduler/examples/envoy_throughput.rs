@@ -95,7 +95,7 @@ async fn phase(url: &str, clients: usize, secs: f64, shape: RequestShape) -> (u6
                 i += 1;
                 let body = serde_json::json!({
                     "model": "llama-3.1-8b",
-                    "prompt": format!("{:0>w$}", format!("client {c} request {i}"), w = shape.prompt_chars),
+                    "prompt": format!("{:0<w$}", format!("client {c} request {i} "), w = shape.prompt_chars),
                     "max_tokens": shape.max_tokens,
                     "stream": true,
                 });

@@ -29,6 +29,19 @@ pub struct VariantLabels {
     pub role: String,
 }
 
+impl VariantLabels {
+    /// The labels of one variant's decision.
+    fn of(namespace: &str, model: &str, d: &crate::controller::reconcile::Desired) -> Self {
+        Self {
+            namespace: namespace.into(),
+            model: model.into(),
+            variant: d.variant.clone(),
+            accelerator: d.accelerator.clone(),
+            role: d.role.as_str().into(),
+        }
+    }
+}
+
 /// Per-model labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -303,13 +316,7 @@ impl ControllerMetrics {
             })
             .inc();
         for d in &outcome.desired {
-            let vl = VariantLabels {
-                namespace: namespace.into(),
-                model: model.into(),
-                variant: d.variant.clone(),
-                accelerator: d.accelerator.clone(),
-                role: d.role.as_str().into(),
-            };
+            let vl = VariantLabels::of(namespace, model, d);
             self.desired_replicas
                 .get_or_create(&vl)
                 .set(d.replicas as f64);
@@ -353,13 +360,7 @@ impl ControllerMetrics {
     ) {
         for d in desired {
             if let Some(c) = d.current {
-                let vl = VariantLabels {
-                    namespace: namespace.into(),
-                    model: model.into(),
-                    variant: d.variant.clone(),
-                    accelerator: d.accelerator.clone(),
-                    role: d.role.as_str().into(),
-                };
+                let vl = VariantLabels::of(namespace, model, d);
                 self.current_replicas.get_or_create(&vl).set(c as f64);
             }
         }

@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -428,26 +428,29 @@ fn refreshed(pass: &LastPass, seen: &[Option<u32>]) -> Option<(Vec<VariantStatus
     Some((variants, desired))
 }
 
-/// The ModelAutoscalers with a variant scaling `kind` `name` in `namespace` (`apps/v1` only).
-fn scaling(
-    autoscalers: &[Arc<ModelAutoscaler>],
-    kind: &str,
-    namespace: Option<&str>,
-    name: &str,
-) -> Vec<ObjectRef<ModelAutoscaler>> {
-    let targets =
-        |t: &ScaleTargetRef| t.api_version == "apps/v1" && t.kind == kind && t.name == name;
-    autoscalers
-        .iter()
-        .filter(|ma| ma.namespace().as_deref() == namespace)
-        .filter(|ma| {
-            ma.spec
-                .variants
-                .iter()
-                .any(|v| targets(&v.scale_target_ref))
-        })
-        .map(|ma| ObjectRef::from_obj(&**ma))
-        .collect()
+/// Maps a changed `apps/v1` workload of `kind` to the ModelAutoscalers with a variant scaling
+/// it (same namespace and name).
+fn scaling<K: Resource>(
+    autoscalers: Store<ModelAutoscaler>,
+    kind: &'static str,
+) -> impl Fn(K) -> Vec<ObjectRef<ModelAutoscaler>> + Send + 'static {
+    move |workload: K| {
+        let (namespace, name) = (workload.namespace(), workload.name_any());
+        let targets =
+            |t: &ScaleTargetRef| t.api_version == "apps/v1" && t.kind == kind && t.name == name;
+        autoscalers
+            .state()
+            .iter()
+            .filter(|ma| ma.namespace() == namespace)
+            .filter(|ma| {
+                ma.spec
+                    .variants
+                    .iter()
+                    .any(|v| targets(&v.scale_target_ref))
+            })
+            .map(|ma| ObjectRef::from_obj(&**ma))
+            .collect()
+    }
 }
 
 fn forget(ctx: &Context, namespace: &str, name: &str) {
@@ -492,31 +495,16 @@ pub async fn run_controller(
     };
     let controller = Controller::new(mas, watcher::Config::default());
     let reader = controller.store();
-    let (deployment_reader, statefulset_reader) = (reader.clone(), reader.clone());
     controller
         .watches(
             deployments,
             watcher::Config::default(),
-            move |d: Deployment| {
-                scaling(
-                    &deployment_reader.state(),
-                    "Deployment",
-                    d.namespace().as_deref(),
-                    &d.name_any(),
-                )
-            },
+            scaling::<Deployment>(reader.clone(), "Deployment"),
         )
         .watches(
             statefulsets,
             watcher::Config::default(),
-            move |s: StatefulSet| {
-                scaling(
-                    &statefulset_reader.state(),
-                    "StatefulSet",
-                    s.namespace().as_deref(),
-                    &s.name_any(),
-                )
-            },
+            scaling::<StatefulSet>(reader.clone(), "StatefulSet"),
         )
         .watches(
             pools,

@@ -214,8 +214,14 @@ pub async fn reconcile(
                 if pass.current == seen {
                     return Ok(Action::requeue(wait));
                 }
-                pass.current.clone_from(&seen);
-                refreshed(pass, &seen).map(|r| (r, wait))
+                match refreshed(pass, &seen) {
+                    Some(r) => Some((r, wait)),
+                    None => {
+                        // Nothing to refresh (no decision yet): remember what was seen.
+                        pass.current.clone_from(&seen);
+                        None
+                    }
+                }
             }
             _ => None,
         }
@@ -227,13 +233,26 @@ pub async fn reconcile(
             field_manager: Some(ctx.controller_name.clone()),
             ..PatchParams::default()
         };
-        if let Err(e) = api
+        match api
             .patch_status(&name, &pp, &Patch::Merge(&patch))
             .instrument(tracing::info_span!("patch_status"))
             .await
         {
-            ctx.metrics.error(ErrorReason::Kube);
-            tracing::warn!(%key, error = %e, "status patch failed");
+            // Only a written refresh counts as seen: a failed one is retried at the next reconcile.
+            Ok(_) => {
+                if let Some(pass) = ctx
+                    .last
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&key)
+                {
+                    pass.current.clone_from(&seen);
+                }
+            }
+            Err(e) => {
+                ctx.metrics.error(ErrorReason::Kube);
+                tracing::warn!(%key, error = %e, "status patch failed");
+            }
         }
         ctx.metrics.current(&namespace, &ma.spec.model, &desired);
         tracing::debug!(%key, "a target changed between decisions; current replicas refreshed");

@@ -262,41 +262,46 @@ struct OpenRequest {
 }
 
 impl OpenRequest {
+    /// Sends one message of the upstream's side and returns the scheduler's answer.
+    async fn exchange(
+        &mut self,
+        request: processing_request::Request,
+    ) -> Option<processing_response::Response> {
+        self.tx
+            .send(ProcessingRequest {
+                request: Some(request),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.inbound.message().await.unwrap().unwrap().response
+    }
+
     /// The upstream answers: response headers, one SSE chunk, end of stream. Every message
     /// is answered by the scheduler.
     async fn finish(mut self) {
         let headers = [(":status", "200"), ("content-type", "text/event-stream")];
-        self.tx
-            .send(ProcessingRequest {
-                request: Some(processing_request::Request::ResponseHeaders(HttpHeaders {
-                    headers: Some(header_map(&headers)),
-                    end_of_stream: false,
-                    ..Default::default()
-                })),
+        let h = self
+            .exchange(processing_request::Request::ResponseHeaders(HttpHeaders {
+                headers: Some(header_map(&headers)),
+                end_of_stream: false,
                 ..Default::default()
-            })
-            .await
-            .unwrap();
-        let h = self.inbound.message().await.unwrap().unwrap();
+            }))
+            .await;
         assert!(matches!(
-            h.response,
+            h,
             Some(processing_response::Response::ResponseHeaders(_))
         ));
         let chunk = "data: {\"choices\":[{\"text\":\" hi\"}]}\n\ndata: [DONE]\n\n";
-        self.tx
-            .send(ProcessingRequest {
-                request: Some(processing_request::Request::ResponseBody(HttpBody {
-                    body: chunk.as_bytes().to_vec(),
-                    end_of_stream: true,
-                    ..Default::default()
-                })),
+        let b = self
+            .exchange(processing_request::Request::ResponseBody(HttpBody {
+                body: chunk.as_bytes().to_vec(),
+                end_of_stream: true,
                 ..Default::default()
-            })
-            .await
-            .unwrap();
-        let b = self.inbound.message().await.unwrap().unwrap();
+            }))
+            .await;
         assert!(matches!(
-            b.response,
+            b,
             Some(processing_response::Response::ResponseBody(_))
         ));
         drop(self.tx);

@@ -1,6 +1,6 @@
-//! Timings of the predictor: one in-process prediction (both targets, all quantiles), and one
-//! `/predict/bulk/strict` call with 1000 endpoints handled server-side (JSON parse, validation,
-//! prediction, JSON response; no socket).
+//! Timings of the predictor: one in-process prediction (both targets, all quantiles), 1000 of
+//! them (the model's share of a bulk call), and one `/predict/bulk/strict` call with 1000
+//! endpoints handled server-side (JSON parse, validation, prediction, JSON response; no socket).
 //!
 //! `cargo bench -p goodput-predictor --features server --bench predict`
 
@@ -67,6 +67,26 @@ fn bench(c: &mut Criterion) {
     let models = p.models();
     c.bench_function("predict_one_in_process_held_models", |b| {
         b.iter(|| models.predict(black_box(&f)))
+    });
+    // The prediction part of a 1000-endpoint bulk call alone (no JSON).
+    let many: Vec<Features> = (0..1000u32)
+        .map(|i| Features {
+            kv_cache_percentage: f64::from(i % 100) / 100.0,
+            input_token_length: 1830,
+            num_request_waiting: i % 5,
+            num_request_running: i % 48,
+            prefix_cache_score: 0.5,
+            prefill_tokens_in_flight: u64::from(5120 + i),
+            ..Default::default()
+        })
+        .collect();
+    c.bench_function("predict_1000_in_process", |b| {
+        b.iter(|| {
+            black_box(&many)
+                .iter()
+                .map(|f| models.predict_at(f, None))
+                .collect::<Vec<_>>()
+        })
     });
     let st = AppState::new(Arc::clone(&p), ServerConfig::default());
     let rows: Vec<_> = (0..1000)

@@ -231,6 +231,14 @@ pub enum Target {
 impl Target {
     pub const ALL: [Target; 2] = [Target::Ttft, Target::Tpot];
 
+    /// Position in [`Target::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Target::Ttft => 0,
+            Target::Tpot => 1,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Ttft => "ttft",

@@ -11,6 +11,8 @@
 //!   selection per target by held-out MAPE, conformal quantiles, accuracy.
 //! - [`predictor`]: the online [`Predictor`]: versioned models swapped atomically, background
 //!   retraining on a cadence and on drift; predictions never wait for training.
+//! - [`online`]: each version's calibration from the labels that arrive after it was fitted
+//!   (a bias of the point, quantiles tracked to their coverage), until the next retraining.
 //! - [`perf`]: the per-variant performance model for scaling (roofline prior from
 //!   `goodput_core::perf`, corrected online from aggregate observations).
 //! - [`metrics`]: the crate's own Prometheus metrics.
@@ -22,6 +24,7 @@ pub mod features;
 pub mod gbdt;
 pub mod metrics;
 pub mod model;
+pub mod online;
 pub mod perf;
 pub mod physics;
 pub mod predictor;
@@ -29,8 +32,11 @@ pub mod window;
 
 pub use features::{Features, FieldError, PodType, Sample, Target};
 pub use model::{Accuracy, Family, FitParams, Quantiles};
+pub use online::{LiveAccuracy, OnlineConfig};
 pub use physics::VariantPhysics;
-pub use predictor::{ModelSet, Prediction, Predictor, PredictorConfig, RetrainReason, Trainer};
+pub use predictor::{
+    ModelSet, Prediction, Predictor, PredictorConfig, RetrainReason, Served, Trainer,
+};
 
 #[cfg(feature = "server")]
 pub mod server;

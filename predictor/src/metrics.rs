@@ -1,6 +1,6 @@
 //! The predictor's own Prometheus metrics (prometheus-client, no global registry): window size,
-//! retrainings, and held-out accuracy per target (MAPE, pinball loss and coverage per
-//! quantile). Labels are bounded: `target` ∈ {ttft, tpot}, `quantile` ∈ {0.5, 0.9, 0.99},
+//! retrainings, held-out accuracy per target (MAPE, pinball loss and coverage per quantile),
+//! and the live accuracy and multipliers of the online calibration. Labels are bounded: `target` ∈ {ttft, tpot}, `quantile` ∈ {0.5, 0.9, 0.99},
 //! `reason` ∈ {schedule, drift, manual}, `family` ∈ {linear, gbdt}.
 
 use std::sync::atomic::AtomicU64;
@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use crate::features::Target;
 use crate::model::QUANTILES;
+use crate::online::LiveAccuracy;
 use crate::predictor::{ModelSet, RetrainReason};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +54,9 @@ pub struct PredictorMetrics {
     pub pinball: Family<QuantileLabels, FloatGauge>,
     pub coverage: Family<QuantileLabels, FloatGauge>,
     pub selected: Family<FamilyLabels, Gauge>,
+    pub live_mape: Family<TargetLabels, FloatGauge>,
+    pub live_coverage: Family<QuantileLabels, FloatGauge>,
+    pub online_bias: Family<TargetLabels, FloatGauge>,
 }
 
 const Q_LABELS: [&str; 3] = ["0.5", "0.9", "0.99"];
@@ -107,6 +111,44 @@ impl PredictorMetrics {
             "1 for the model family selected per target",
             self.selected.clone(),
         );
+        registry.register(
+            "live_mape_percent",
+            "MAPE of the served (online-calibrated) point prediction over about the last 100 labels",
+            self.live_mape.clone(),
+        );
+        registry.register(
+            "live_coverage_ratio",
+            "Share of about the last 100 labels at or below the served quantile",
+            self.live_coverage.clone(),
+        );
+        registry.register(
+            "online_bias_ratio",
+            "Multiplier the online calibration applies to the model's point prediction",
+            self.online_bias.clone(),
+        );
+    }
+
+    pub(crate) fn set_live(&self, live: &[LiveAccuracy; 2]) {
+        for (t, l) in Target::ALL.iter().zip(live) {
+            if l.rows == 0 {
+                continue;
+            }
+            let target = t.as_str();
+            self.live_mape
+                .get_or_create(&TargetLabels { target })
+                .set(l.mape_percent);
+            self.online_bias
+                .get_or_create(&TargetLabels { target })
+                .set(l.bias);
+            for (i, q) in Q_LABELS.iter().enumerate() {
+                self.live_coverage
+                    .get_or_create(&QuantileLabels {
+                        target,
+                        quantile: q,
+                    })
+                    .set(l.coverage[i]);
+            }
+        }
     }
 
     pub(crate) fn set_window(&self, ttft: usize, tpot: usize) {

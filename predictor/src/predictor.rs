@@ -7,6 +7,8 @@
 //!        │ (held-out rows)                                                         │ (pure)
 //!        └──► drift monitor (live error of the current model) ──nudge──► trainer   ▼
 //! predict(Features) ◄── Arc<ModelSet> (read, never blocked by training) ◄── atomic swap
+//!        ▲                       │ every labelled sample, replayed through the raw models
+//!        └── online calibration ◄┘ (bias and quantile offsets of this version, `online`)
 //! ```
 //! Predictions read the current `Arc<ModelSet>` under a read lock held for a pointer copy;
 //! training copies the window out under its own lock, fits without any lock, and swaps the new
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::features::{FeatureVector, Features, Sample, Target, prior_index};
 use crate::metrics::PredictorMetrics;
 use crate::model::{FitError, FitParams, Quantiles, TargetModel, fit_target};
+use crate::online::{LiveAccuracy, OnlineConfig, TargetCalibration};
 use crate::physics::VariantPhysics;
 use crate::window::{Placement, Snapshot, Window, WindowConfig};
 
@@ -39,6 +42,10 @@ pub struct ModelSet {
     /// the predictor's config so that every prediction encodes features as training did.
     #[serde(skip)]
     pub physics: Option<VariantPhysics>,
+    /// This version's online calibration per target (TTFT, TPOT), learned from the labels that
+    /// arrived after it was fitted; shared by every clone of the version.
+    #[serde(skip)]
+    pub online: Arc<[TargetCalibration; 2]>,
 }
 
 /// Predicted latencies for one endpoint, ms.
@@ -47,6 +54,24 @@ pub struct Prediction {
     pub ttft: Quantiles,
     /// All zero while no TPOT model exists (llm-d's non-streaming mode never sends TPOT rows).
     pub tpot: Quantiles,
+}
+
+/// A prediction as it was served, kept with its request until the labels arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Served {
+    /// [`ModelSet::version`] of the models that made it.
+    pub version: u64,
+    pub prediction: Prediction,
+}
+
+impl Prediction {
+    /// The quantiles of target `t`.
+    pub fn target(&self, t: Target) -> Quantiles {
+        match t {
+            Target::Ttft => self.ttft,
+            Target::Tpot => self.tpot,
+        }
+    }
 }
 
 impl ModelSet {
@@ -62,27 +87,45 @@ impl ModelSet {
         }
     }
 
+    /// The online calibration of target `t`.
+    pub fn calibration(&self, t: Target) -> &TargetCalibration {
+        &self.online[t.index()]
+    }
+
+    /// Live accuracy of the calibrated predictions per target since this version was fitted.
+    pub fn live(&self) -> [LiveAccuracy; 2] {
+        Target::ALL.map(|t| self.calibration(t).live())
+    }
+
     /// The feature vector of `f` as these models see it (with their physics priors).
     #[inline]
     pub fn vector(&self, f: &Features) -> FeatureVector {
         f.vector_with(self.physics.as_ref())
     }
 
-    /// Predicts both targets for one endpoint.
+    /// Predicts both targets for one endpoint (calibrated online).
     #[inline]
     pub fn predict(&self, f: &Features) -> Prediction {
         let x = self.vector(f);
+        let one = |t: Target| {
+            self.target(t)
+                .map(|m| self.calibration(t).apply(m.predict(&x)))
+                .unwrap_or_default()
+        };
         Prediction {
-            ttft: self
-                .ttft
-                .as_ref()
-                .map(|m| m.predict(&x))
-                .unwrap_or_default(),
-            tpot: self
-                .tpot
-                .as_ref()
-                .map(|m| m.predict(&x))
-                .unwrap_or_default(),
+            ttft: one(Target::Ttft),
+            tpot: one(Target::Tpot),
+        }
+    }
+
+    /// The models' own predictions, without the online calibration.
+    #[inline]
+    pub fn predict_raw(&self, f: &Features) -> Prediction {
+        let x = self.vector(f);
+        let one = |t: Target| self.target(t).map(|m| m.predict(&x)).unwrap_or_default();
+        Prediction {
+            ttft: one(Target::Ttft),
+            tpot: one(Target::Tpot),
         }
     }
 
@@ -90,13 +133,16 @@ impl ModelSet {
     #[inline]
     pub fn predict_at(&self, f: &Features, q: Option<f64>) -> (f64, f64) {
         let x = self.vector(f);
-        let one = |m: Option<&TargetModel>| {
-            m.map_or(0.0, |m| match q {
-                Some(q) => m.quantile(&x, q),
-                None => m.point(&x),
+        let one = |t: Target| {
+            self.target(t).map_or(0.0, |m| {
+                let raw = match q {
+                    Some(q) => m.quantile(&x, q),
+                    None => m.point(&x),
+                };
+                raw * self.calibration(t).factor(q)
             })
         };
-        (one(self.ttft.as_ref()), one(self.tpot.as_ref()))
+        (one(Target::Ttft), one(Target::Tpot))
     }
 }
 
@@ -137,6 +183,10 @@ pub fn fit_models(
             ttft,
             tpot,
             physics: previous.physics,
+            online: Arc::new([
+                TargetCalibration::new(previous.online[0].config()),
+                TargetCalibration::new(previous.online[1].config()),
+            ]),
         },
         errors,
     )
@@ -158,6 +208,9 @@ pub struct PredictorConfig {
     /// None: no priors (features as llm-d's only).
     #[serde(skip)]
     pub physics: Option<VariantPhysics>,
+    /// Calibration of each model version from the labels that follow its fit.
+    #[serde(default)]
+    pub online: OnlineConfig,
 }
 
 impl Default for PredictorConfig {
@@ -169,6 +222,7 @@ impl Default for PredictorConfig {
             min_new_rows: 50,
             drift_min_rows: 100,
             physics: None,
+            online: OnlineConfig::default(),
         }
     }
 }
@@ -259,6 +313,10 @@ impl Predictor {
             fitting: Mutex::new(()),
             current: RwLock::new(Arc::new(ModelSet {
                 physics: config.physics,
+                online: Arc::new([
+                    TargetCalibration::new(config.online),
+                    TargetCalibration::new(config.online),
+                ]),
                 ..ModelSet::default()
             })),
             wake: Condvar::new(),
@@ -292,8 +350,31 @@ impl Predictor {
         self.models().predict(f)
     }
 
-    /// Adds observed samples (`now_s` is the caller's clock, used for ageing rows).
+    /// Adds observed samples (`now_s` is the caller's clock, used for ageing rows). Their labels
+    /// also calibrate the current version online, replayed through it as it stands now.
     pub fn add_samples(&self, samples: &[Sample], now_s: f64) {
+        self.add(samples.iter().map(|s| (s, None)), samples.len(), now_s);
+    }
+
+    /// [`Predictor::add_samples`] for requests whose prediction the caller kept from dispatch:
+    /// the online calibration then learns from what was actually served. This is what makes
+    /// its quantiles converge to their coverage when labels arrive late (a TPOT label comes
+    /// seconds after the prediction, while the calibration keeps moving); a replay at label
+    /// time would score a prediction nobody was given.
+    pub fn add_served_samples(&self, samples: &[(Sample, Served)], now_s: f64) {
+        self.add(
+            samples.iter().map(|(s, v)| (s, Some(v))),
+            samples.len(),
+            now_s,
+        );
+    }
+
+    fn add<'a>(
+        &self,
+        samples: impl Iterator<Item = (&'a Sample, Option<&'a Served>)>,
+        count: usize,
+        now_s: f64,
+    ) {
         let models = self.models();
         let mut nudge = false;
         {
@@ -301,14 +382,30 @@ impl Predictor {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            for s in samples {
+            for (s, served) in samples {
+                // Every label is out of sample for the version in use (fitted before it came):
+                // it calibrates that version's predictions until the next retraining. A
+                // prediction served by an older version says nothing about this one's offsets.
+                let x = models.vector(&s.features);
+                let served = served.filter(|v| v.version == models.version);
+                for target in Target::ALL {
+                    if let (Some(m), Some(y)) = (models.target(target), s.target(target)) {
+                        let c = models.calibration(target);
+                        match served {
+                            Some(v) => c.observe_served(v.prediction.target(target), y),
+                            None => c.observe(m.predict(&x), y),
+                        }
+                    }
+                }
                 let placed = t.window.add(s, now_s);
                 for (i, target) in Target::ALL.into_iter().enumerate() {
                     match placed[i] {
                         Some(Placement::Train) => t.new_rows += 1,
                         Some(Placement::Evaluation) => {
+                            // The model's own error (not the calibrated one) decides whether
+                            // it is due for a refit.
                             if let (Some(m), Some(y)) = (models.target(target), s.target(target)) {
-                                let q = m.predict(&models.vector(&s.features));
+                                let q = m.predict(&x);
                                 t.drift[i].observe(((q.point - y) / y).abs(), y <= q.p90);
                                 if t.drift[i]
                                     .drifted(m.accuracy.mape_percent, self.config.drift_min_rows)
@@ -327,10 +424,10 @@ impl Predictor {
                 t.window.train_rows(Target::Ttft),
                 t.window.train_rows(Target::Tpot),
             );
+            self.metrics.set_live(&models.live());
         }
-        self.samples_seen
-            .fetch_add(samples.len() as u64, Ordering::Relaxed);
-        self.metrics.samples.inc_by(samples.len() as u64);
+        self.samples_seen.fetch_add(count as u64, Ordering::Relaxed);
+        self.metrics.samples.inc_by(count as u64);
         if nudge {
             self.metrics.drift_detected.inc();
             self.nudge();
@@ -518,6 +615,79 @@ mod tests {
         // Nothing new: a scheduled retraining is skipped; a manual one runs.
         assert_eq!(p.retrain(RetrainReason::Schedule, 2.0), None);
         assert_eq!(p.retrain(RetrainReason::Manual, 2.0), Some(2));
+    }
+
+    #[test]
+    fn labels_calibrate_the_version_in_use_until_the_next_retraining() {
+        let p = Predictor::new(PredictorConfig::default());
+        p.add_samples(&samples(3000, 1.0), 0.0);
+        p.retrain(RetrainReason::Manual, 0.0).unwrap();
+        let f = samples(50, 1.0)[25].features;
+        let before = p.predict(&f).ttft.point;
+        assert_eq!(p.models().predict_raw(&f).ttft.point, before);
+        // The traffic turns 1.4x slower; no retraining yet.
+        p.add_samples(&samples(3000, 1.4), 1.0);
+        let models = p.models();
+        let after = p.predict(&f).ttft.point;
+        assert!(after / before > 1.3, "{before} -> {after}");
+        assert_eq!(
+            models.predict_raw(&f).ttft.point,
+            before,
+            "the model itself is unchanged"
+        );
+        assert_eq!(models.live()[0].rows, 3000);
+        let (t, _) = models.predict_at(&f, None);
+        assert!(
+            (t - after).abs() < 1e-9,
+            "the bulk path serves the same point"
+        );
+        // A new version starts neutral.
+        p.retrain(RetrainReason::Manual, 2.0).unwrap();
+        let fresh = p.models();
+        assert_eq!(fresh.live()[0].rows, 0);
+        assert_eq!(fresh.calibration(Target::Ttft).factor(None), 1.0);
+    }
+
+    #[test]
+    fn served_predictions_count_only_for_the_version_that_served_them() {
+        let p = Predictor::new(PredictorConfig::default());
+        p.add_samples(&samples(3000, 1.0), 0.0);
+        p.retrain(RetrainReason::Manual, 0.0).unwrap();
+        let s = samples(50, 1.0)[25];
+        // A served prediction far below its label: the quantile offsets move up.
+        let low = Prediction {
+            ttft: Quantiles {
+                point: 1.0,
+                p50: 1.0,
+                p90: 1.0,
+                p99: 1.0,
+            },
+            tpot: Quantiles::default(),
+        };
+        let version = p.models().version;
+        p.add_served_samples(
+            &[(
+                s,
+                Served {
+                    version,
+                    prediction: low,
+                },
+            )],
+            1.0,
+        );
+        let factors = p.models().live()[0].quantile_factors;
+        assert!(factors.iter().all(|&f| f > 1.0), "{factors:?}");
+        // The same from another version is replayed through the current one instead: its
+        // p99 covers the label, which the stale served 1 ms would not.
+        p.retrain(RetrainReason::Manual, 2.0).unwrap();
+        let stale = Served {
+            version: version.wrapping_sub(1),
+            prediction: low,
+        };
+        p.add_served_samples(&[(s, stale)], 3.0);
+        let live = p.models().live()[0];
+        assert_eq!(live.rows, 1);
+        assert_eq!(live.coverage[2], 1.0, "{live:?}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Accuracy on simulator data. Guards two behaviours: (1) conformal calibration: on the held-out
-//! slice of the training distribution p90 covers 88-92 % of requests; (2) generalisation to
-//! workloads never trained on (other length mix, envelope, burstiness, prefix sharing) stays
-//! within the regression bounds below. The predictor is per variant (H100 here) with the
+//! Accuracy on simulator data. Guards three behaviours: (1) conformal calibration: on the
+//! held-out slice of the training distribution p90 covers 88-92 % of requests; (2) on workloads
+//! never trained on (other length mix, envelope, burstiness, prefix sharing), the predictions
+//! served, calibrated online from the labels as they arrive (each request's labels reach the
+//! predictor when it finishes, as llm-d's EPP sends them), cover 88-92 % at p90; (3) their MAPE
+//! stays within the regression bounds below. The model's own (frozen) figures on the unseen
+//! workloads are printed next to them. The predictor is per variant (H100 here) with the
 //! variant's physics priors, as goodput's scheduler keeps it. The 5 % MAPE target is NOT
-//! met on this data (see docs/predictor.md, "Accuracy": the phase of the engine step in progress
-//! at dispatch is not an input and bounds TTFT error at low load).
+//! met on this data (see docs/predictor.md, "Accuracy").
 //!
 //! Run with `--nocapture` to see the figures (docs/predictor.md quotes them).
 
@@ -15,7 +17,7 @@ mod common;
 use goodput_predictor::model::QUANTILES;
 use goodput_predictor::window::WindowConfig;
 use goodput_predictor::{
-    Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Target, VariantPhysics,
+    Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Served, Target, VariantPhysics,
 };
 
 fn generator(rate: f64, lengths: &str, extra: &str, seed: u64) -> String {
@@ -26,6 +28,10 @@ fn generator(rate: f64, lengths: &str, extra: &str, seed: u64) -> String {
 
 fn run(accelerator: &str, replicas: u32, workload: String, seed: u64) -> Vec<Sample> {
     common::collect(&common::scenario(accelerator, replicas, &workload), seed)
+}
+
+fn run_timed(accelerator: &str, replicas: u32, workload: String, seed: u64) -> Vec<common::Timed> {
+    common::collect_timed(&common::scenario(accelerator, replicas, &workload), seed)
 }
 
 fn training_data() -> Vec<Sample> {
@@ -54,11 +60,11 @@ fn training_data() -> Vec<Sample> {
     all
 }
 
-fn held_out_workloads() -> Vec<(&'static str, Vec<Sample>)> {
+fn held_out_workloads() -> Vec<(&'static str, Vec<common::Timed>)> {
     vec![
         (
             "azure-conv 16 req/s, daily envelope, shared prefixes",
-            run(
+            run_timed(
                 "h100",
                 4,
                 generator(
@@ -72,7 +78,7 @@ fn held_out_workloads() -> Vec<(&'static str, Vec<Sample>)> {
         ),
         (
             "sharegpt 22 req/s, bursty",
-            run(
+            run_timed(
                 "h100",
                 4,
                 generator(
@@ -87,19 +93,63 @@ fn held_out_workloads() -> Vec<(&'static str, Vec<Sample>)> {
     ]
 }
 
-fn score(p: &Predictor, samples: &[Sample], t: Target) -> Accuracy {
+/// The model's own predictions (no online calibration) against the labels.
+fn score_frozen(p: &Predictor, samples: &[common::Timed], t: Target) -> Accuracy {
     let m = p.models();
-    let model = m.target(t).expect("model fitted");
     Accuracy::score(samples.iter().filter_map(|s| {
-        let y = s.target(t)?;
-        let q = model.predict(&m.vector(&s.features));
+        let y = s.sample.target(t)?;
+        let q = m.predict_raw(&s.sample.features).target(t);
         Some((q.point, [q.p50, q.p90, q.p99], y))
     }))
 }
 
-#[test]
-fn held_out_workloads_meet_the_mape_and_coverage_targets() {
-    let train = training_data();
+/// What a user of the predictor gets: each request predicted at dispatch with the calibration
+/// of that moment, its labels added to the predictor when it finishes (no retraining), with the
+/// prediction served (`keep_served`, as an in-process caller can) or without (as llm-d's EPP
+/// sends them).
+fn score_served(p: &Predictor, samples: &[common::Timed], keep_served: bool) -> [Accuracy; 2] {
+    let version = p.models().version;
+    enum Event {
+        Dispatch(usize),
+        Finish(usize),
+    }
+    let mut events: Vec<(f64, Event)> = Vec::with_capacity(2 * samples.len());
+    for (i, s) in samples.iter().enumerate() {
+        events.push((s.dispatched_s, Event::Dispatch(i)));
+        events.push((s.finished_s, Event::Finish(i)));
+    }
+    // Stable: a request that finishes at the instant another is dispatched is learned first
+    // only if it was pushed first, which keeps dispatch before its own finish.
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut served = vec![None; samples.len()];
+    for (now, e) in events {
+        match e {
+            Event::Dispatch(i) => served[i] = Some(p.predict(&samples[i].sample.features)),
+            Event::Finish(i) => match (keep_served, served[i]) {
+                (true, Some(prediction)) => p.add_served_samples(
+                    &[(
+                        samples[i].sample,
+                        Served {
+                            version,
+                            prediction,
+                        },
+                    )],
+                    now,
+                ),
+                _ => p.add_samples(&[samples[i].sample], now),
+            },
+        }
+    }
+    Target::ALL.map(|t| {
+        Accuracy::score(samples.iter().zip(&served).filter_map(|(s, pred)| {
+            let y = s.sample.target(t)?;
+            let q = pred.as_ref()?.target(t);
+            Some((q.point, [q.p50, q.p90, q.p99], y))
+        }))
+    })
+}
+
+fn trained(train: &[Sample]) -> Predictor {
     let catalog = goodput_core::Catalog::builtin();
     let physics = VariantPhysics::new(
         catalog.model("llama-3.1-8b").expect("model"),
@@ -115,8 +165,30 @@ fn held_out_workloads_meet_the_mape_and_coverage_targets() {
         },
         ..Default::default()
     });
-    p.add_samples(&train, 0.0);
+    p.add_samples(train, 0.0);
     p.retrain(RetrainReason::Manual, 0.0).expect("fitted");
+    p
+}
+
+fn line(name: &str, how: &str, t: Target, a: &Accuracy) {
+    eprintln!(
+        "held-out {name} [{how}]: {} rows={} MAPE={:.2}% coverage(p50,p90,p99)=({:.3},{:.3},{:.3}) pinball(ms)=({:.3},{:.3},{:.3})",
+        t.as_str(),
+        a.rows,
+        a.mape_percent,
+        a.coverage[0],
+        a.coverage[1],
+        a.coverage[2],
+        a.pinball_ms[0],
+        a.pinball_ms[1],
+        a.pinball_ms[2],
+    );
+}
+
+#[test]
+fn held_out_workloads_meet_the_coverage_target_and_mape_bounds() {
+    let train = training_data();
+    let p = trained(&train);
     let models = p.models();
     for t in Target::ALL {
         let m = models.target(t).expect("fitted");
@@ -140,36 +212,51 @@ fn held_out_workloads_meet_the_mape_and_coverage_targets() {
     }
     let mut failures = Vec::new();
     for (name, samples) in held_out_workloads() {
+        // A predictor of its own per workload, so that one workload's calibration does not
+        // carry into the next.
+        let p = trained(&train);
         for t in Target::ALL {
-            let a = score(&p, &samples, t);
-            eprintln!(
-                "held-out {name}: {} rows={} MAPE={:.2}% coverage(p50,p90,p99)=({:.3},{:.3},{:.3}) pinball(ms)=({:.3},{:.3},{:.3})",
-                t.as_str(),
-                a.rows,
-                a.mape_percent,
-                a.coverage[0],
-                a.coverage[1],
-                a.coverage[2],
-                a.pinball_ms[0],
-                a.pinball_ms[1],
-                a.pinball_ms[2],
+            line(name, "model alone", t, &score_frozen(&p, &samples, t));
+        }
+        let replayed = score_served(&p, &samples, false);
+        for t in Target::ALL {
+            line(
+                name,
+                "calibrated online, labels only",
+                t,
+                &replayed[t.index()],
+            );
+        }
+        let p = trained(&train);
+        let served = score_served(&p, &samples, true);
+        for t in Target::ALL {
+            let a = &served[t.index()];
+            line(
+                name,
+                "calibrated online, labels with the served prediction",
+                t,
+                a,
             );
             assert!(a.rows > 1000, "{name}: too few rows");
-            // Regression bounds at today's figures (16.4 % worst) plus a margin, not the issue's
-            // targets (5 %, 0.88-0.92).
-            if a.mape_percent > 18.0 {
-                failures.push(format!(
-                    "{name} {}: MAPE {:.2}%",
-                    t.as_str(),
-                    a.mape_percent
-                ));
-            }
-            if !(0.82..=0.975).contains(&a.coverage[1]) {
+            // The coverage target, on workloads never trained on.
+            if !(0.88..=0.92).contains(&a.coverage[1]) {
                 failures.push(format!(
                     "{name} {}: p{} coverage {:.3}",
                     t.as_str(),
                     QUANTILES[1] * 100.0,
                     a.coverage[1]
+                ));
+            }
+            // Regression bounds at today's figures plus a margin, not the 5 %.
+            let bound = match t {
+                Target::Ttft => 18.0,
+                Target::Tpot => 12.0,
+            };
+            if a.mape_percent > bound {
+                failures.push(format!(
+                    "{name} {}: MAPE {:.2}% (bound {bound}%)",
+                    t.as_str(),
+                    a.mape_percent
                 ));
             }
         }

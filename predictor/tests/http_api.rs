@@ -233,8 +233,28 @@ async fn reference_payloads_round_trip_field_by_field() {
     let (s, _) = call(&app, "GET", "/model/gated/xgb/json", "").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
-    let (s, _) = call(&app, "GET", "/metrics", "").await;
+    // Labels after the fit calibrate the served predictions: /status reports it live.
+    let (_, v) = call(&app, "GET", "/status", "").await;
+    assert_eq!(v["goodput"]["live"]["ttft"]["labels"], 0);
+    let (s, _) = call(&app, "POST", "/add_training_data_bulk", &training_body(200)).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (_, v) = call(&app, "GET", "/status", "").await;
+    let live = &v["goodput"]["live"];
+    assert_eq!(live["ttft"]["labels"], 200, "{live}");
+    assert_eq!(live["tpot"]["labels"], 200, "{live}");
+    assert!(
+        live["ttft"]["mape_percent"].as_f64().unwrap() < 10.0,
+        "{live}"
+    );
+    assert!(live["tpot"]["quantile_factors"]["0.9"].as_f64().unwrap() > 0.0);
+
+    let (s, v) = call(&app, "GET", "/metrics", "").await;
     assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().unwrap();
+    assert!(
+        text.contains("live_mape_percent{target=\"ttft\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -110,12 +110,17 @@ impl LatencyModel for VariantPredictors {
             _ => learned,
         };
         if models.is_ready() {
+            // The model's point with its version's online calibration (the bias learned from
+            // the labels since it was fitted).
+            let point = |t: Target, m: &goodput_predictor::model::TargetModel| {
+                m.point(&x) * models.calibration(t).factor(None)
+            };
             let ttft = models
                 .ttft
                 .as_ref()
-                .map(|m| bound(Target::Ttft, m.point(&x)))?;
+                .map(|m| bound(Target::Ttft, point(Target::Ttft, m)))?;
             let tpot = match &models.tpot {
-                Some(m) => Some(bound(Target::Tpot, m.point(&x))),
+                Some(m) => Some(bound(Target::Tpot, point(Target::Tpot, m))),
                 None => prior(Target::Tpot),
             };
             (ttft.is_finite() && ttft >= 0.0).then_some(Predicted {

@@ -440,6 +440,24 @@ fn add_training_inner(st: &AppState, body: &[u8]) -> Response {
     to_json(StatusCode::ACCEPTED, &body)
 }
 
+/// The online calibration per target: live accuracy of what is served, and its multipliers.
+fn live_json(models: &ModelSet) -> Value {
+    let mut out = serde_json::Map::new();
+    for (t, l) in Target::ALL.iter().zip(models.live()) {
+        out.insert(
+            t.as_str().into(),
+            json!({
+                "labels": l.rows,
+                "mape_percent": l.mape_percent,
+                "coverage": {"0.5": l.coverage[0], "0.9": l.coverage[1], "0.99": l.coverage[2]},
+                "bias": l.bias,
+                "quantile_factors": {"0.5": l.quantile_factors[0], "0.9": l.quantile_factors[1], "0.99": l.quantile_factors[2]},
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
 fn accuracy_json(models: &ModelSet) -> Value {
     let mut m = serde_json::Map::new();
     for t in Target::ALL {
@@ -485,6 +503,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
                     "tpot": {"training_rows": tpot_rows, "held_out_rows": tpot_held},
                 },
                 "accuracy": accuracy_json(&models),
+                "live": live_json(&models),
             },
         }),
     )

@@ -80,8 +80,25 @@ impl Router for Recorder {
     }
 }
 
+/// One finished request: its sample, when it was dispatched (features snapshot, prediction)
+/// and when it finished (its labels reach the predictor, as llm-d's EPP sends them).
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    pub sample: Sample,
+    pub dispatched_s: f64,
+    pub finished_s: f64,
+}
+
 /// Runs `scenario_yaml` with the recording router and returns one sample per finished request.
 pub fn collect(scenario_yaml: &str, seed: u64) -> Vec<Sample> {
+    collect_timed(scenario_yaml, seed)
+        .into_iter()
+        .map(|t| t.sample)
+        .collect()
+}
+
+/// [`collect`] with the dispatch and finish time of each request, in dispatch order.
+pub fn collect_timed(scenario_yaml: &str, seed: u64) -> Vec<Timed> {
     let scenario = Scenario::from_yaml(scenario_yaml, "test").expect("scenario");
     let workload = load_workload(&scenario, std::path::Path::new(".")).expect("workload");
     let mut router = Recorder {
@@ -119,7 +136,8 @@ pub fn collect(scenario_yaml: &str, seed: u64) -> Vec<Sample> {
         if let Some(ft) = o.first_token_s {
             list.push((t, ft, uncached));
         }
-        let (Some(ttft), Some(itl)) = (o.ttft_s(), o.mean_itl_s()) else {
+        let (Some(ttft), Some(itl), Some(finished_s)) = (o.ttft_s(), o.mean_itl_s(), o.finish_s)
+        else {
             continue;
         };
         let features = Features {
@@ -133,10 +151,14 @@ pub fn collect(scenario_yaml: &str, seed: u64) -> Vec<Sample> {
             prefill_tokens_in_flight: in_flight,
             decode_tokens_in_flight: 0,
         };
-        out.push(Sample {
-            features,
-            ttft_ms: Some(ttft * 1e3),
-            tpot_ms: (o.output_tokens > 1).then_some(itl * 1e3),
+        out.push(Timed {
+            sample: Sample {
+                features,
+                ttft_ms: Some(ttft * 1e3),
+                tpot_ms: (o.output_tokens > 1).then_some(itl * 1e3),
+            },
+            dispatched_s: t,
+            finished_s,
         });
     }
     out

@@ -5,7 +5,11 @@
 //! plus one interval ahead and adds its burst margin, the [`CapacityModel`] gives each variant's
 //! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
 //! mix for the provisioned rate; when the SLO is known, a variant's observed p95 latencies above it
-//! derate that variant's probed capacity (down to half), and latencies well below it restore it. Stability rules shape the plan into targets: scale-up is
+//! derate that variant's probed capacity (down to half), and latencies well below it restore it;
+//! a variant that still misses the SLO when derated to the floor cannot hold it for this traffic
+//! at any load the derating reaches (on azure-code, slower accelerators whose ITL the long
+//! prompts' prefill chunks break), so it is set aside for a while and the optimiser plans without
+//! it. Stability rules shape the plan into targets: scale-up is
 //! immediate and jumps straight to the plan (replicas still starting are counted, since the view's
 //! target includes them, so they are not asked for twice); scale-down takes the largest plan seen over the stabilisation
 //! window, only when the ready fleet's capacity exceeds the need by more than the hysteresis band, and
@@ -43,6 +47,12 @@ pub struct GoodputConfig {
     pub slo: Option<goodput_core::Slo>,
     /// Lowest correction factor.
     pub min_correction: f64,
+    /// Consecutive decisions a variant may miss the SLO while derated to `min_correction`
+    /// before it is set aside (0: never).
+    pub set_aside_after: u32,
+    /// How long a variant stays set aside, seconds; then it is tried again at
+    /// `min_correction`.
+    pub set_aside_s: f64,
     /// Shape assumed before any request was observed.
     pub default_shape: LoadShape,
 }
@@ -59,6 +69,8 @@ impl Default for GoodputConfig {
             utilisation: 1.0,
             slo: None,
             min_correction: 0.5,
+            set_aside_after: 4,
+            set_aside_s: 1800.0,
             default_shape: LoadShape {
                 mean_input_tokens: 1000.0,
                 mean_output_tokens: 200.0,
@@ -81,6 +93,10 @@ pub struct GoodputPolicy<C: CapacityModel> {
     /// Per-variant multiplier on probed capacity learned from observed latency, in
     /// [min_correction, 1].
     correction: Vec<f64>,
+    /// Per variant: consecutive decisions missing the SLO at the correction floor.
+    strikes: Vec<u32>,
+    /// Per variant: set aside until this time (seconds of the view's clock).
+    set_aside_until: Vec<Option<f64>>,
     /// When a request was last seen (served, running, or waiting at the gateway).
     last_demand_s: Option<f64>,
 }
@@ -104,6 +120,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             last_forecast: None,
             first_seen: None,
             correction: Vec::new(),
+            strikes: Vec::new(),
+            set_aside_until: Vec::new(),
             last_demand_s: None,
         }
     }
@@ -128,10 +146,30 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .unwrap_or(usize::MAX),
                 min_replicas: v.min_replicas,
                 max_replicas: v.max_replicas,
-                rate_per_replica: self.capacity.max_rate(i, shape)
-                    * self.cfg.utilisation
-                    * self.correction.get(i).copied().unwrap_or(1.0),
+                rate_per_replica: if self.is_set_aside(i, view.now_s) {
+                    0.0
+                } else {
+                    self.capacity.max_rate(i, shape)
+                        * self.cfg.utilisation
+                        * self.correction.get(i).copied().unwrap_or(1.0)
+                },
             })
+            .collect()
+    }
+
+    /// Whether variant `i` is set aside at `now`.
+    fn is_set_aside(&self, i: usize, now: f64) -> bool {
+        self.set_aside_until
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|until| now < until)
+    }
+
+    /// The variants set aside at `now` (for reasons and status).
+    pub fn set_aside(&self, now: f64) -> Vec<usize> {
+        (0..self.set_aside_until.len())
+            .filter(|&i| self.is_set_aside(i, now))
             .collect()
     }
 
@@ -182,6 +220,17 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             .fold(0.0f64, f64::max);
         let horizon = startup + self.cfg.interval_s;
         self.correction.resize(view.variants.len(), 1.0);
+        self.strikes.resize(view.variants.len(), 0);
+        self.set_aside_until.resize(view.variants.len(), None);
+        // A variant whose time aside is over comes back, cautiously, at the floor.
+        for i in 0..view.variants.len() {
+            if let Some(until) = self.set_aside_until[i]
+                && view.now_s >= until
+            {
+                self.set_aside_until[i] = None;
+                self.correction[i] = self.cfg.min_correction;
+            }
+        }
         if let Some(slo) = self.cfg.slo
             && est.fresh
         {
@@ -200,11 +249,33 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 if !worst.is_finite() {
                     continue;
                 }
+                let at_floor = self.correction[i] <= self.cfg.min_correction;
                 let c = &mut self.correction[i];
                 if worst > 1.0 {
                     *c = (*c * 0.9).max(self.cfg.min_correction);
                 } else if worst < 0.5 {
                     *c = (*c * 1.02).min(1.0);
+                }
+                // Missing the SLO although already derated to the floor: more derating is not
+                // allowed and would not help; after a few such decisions, plan without it.
+                if worst > 1.0 && at_floor {
+                    self.strikes[i] += 1;
+                } else {
+                    self.strikes[i] = 0;
+                }
+                if self.cfg.set_aside_after > 0 && self.strikes[i] >= self.cfg.set_aside_after {
+                    self.strikes[i] = 0;
+                    self.set_aside_until[i] = Some(view.now_s + self.cfg.set_aside_s);
+                }
+            }
+            // Never set every variant aside: with nothing else to serve, the least bad stays.
+            let usable = |i: usize| view.variants[i].max_replicas > 0;
+            if (0..view.variants.len())
+                .filter(|&i| usable(i))
+                .all(|i| self.is_set_aside(i, view.now_s))
+            {
+                for until in &mut self.set_aside_until {
+                    *until = None;
                 }
             }
         }
@@ -274,6 +345,9 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             .is_some_and(|t| now - t >= self.cfg.scale_down_window_s);
         let may_shrink =
             est.fresh && observed_window && current_cap > need * (1.0 + self.cfg.hysteresis);
+        // Replicas of a variant set aside count for no capacity, so removing them cannot bring
+        // the fleet below the need: only the rest must cover it (no hysteresis band).
+        let may_drain_set_aside = est.fresh && observed_window && current_cap >= need;
         let mut targets: Vec<u32> = Vec::with_capacity(view.variants.len());
         for (i, v) in view.variants.iter().enumerate() {
             let planned = plan.replicas[i];
@@ -283,9 +357,14 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 .map(|(_, r)| r.get(i).copied().unwrap_or(0))
                 .max()
                 .unwrap_or(planned);
+            let shrink = if self.is_set_aside(i, now) {
+                may_drain_set_aside
+            } else {
+                may_shrink
+            };
             let target = if planned > v.target {
                 planned
-            } else if planned < v.target && may_shrink {
+            } else if planned < v.target && shrink {
                 window_max.min(v.target)
             } else {
                 v.target

@@ -107,7 +107,7 @@ impl Default for ForecastConfig {
             beta: 0.1,
             z: 1.0,
             margin_floor: 0.1,
-            margin_cap: 0.3,
+            margin_cap: 1.0,
         }
     }
 }

@@ -397,6 +397,21 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 }
             }
         }
+        // Named in every reason, so that an operator reading the Events sees why a variant
+        // gets no replicas although it is cheaper.
+        let aside: Vec<&str> = self
+            .set_aside(now)
+            .into_iter()
+            .map(|i| view.variants[i].name.as_str())
+            .collect();
+        let aside = if aside.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", set aside for missing the SLO at the derating floor: {}",
+                aside.join(", ")
+            )
+        };
         let mut out = Vec::new();
         for (i, v) in view.variants.iter().enumerate() {
             let target = targets[i];
@@ -405,7 +420,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     variant: i,
                     replicas: target,
                     reason: format!(
-                        "goodput: seen {:.2} rps, forecast {:.2} rps (+{:.0}% margin) in {:.0}s, plan ${:.2}/h{}",
+                        "goodput: seen {:.2} rps, forecast {:.2} rps (+{:.0}% margin) in {:.0}s, plan ${:.2}/h{}{}",
                         est.rate,
                         fc.rate,
                         fc.margin * 100.0,
@@ -415,7 +430,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                             ", capacity-limited"
                         } else {
                             ""
-                        }
+                        },
+                        aside,
                     ),
                 });
             }

@@ -54,6 +54,8 @@ struct Cluster {
     /// ITL p95 over the SLO that each variant shows whenever it serves.
     itl_ratio: Vec<f64>,
     demand: f64,
+    /// Reasons of the last decision's changes.
+    reasons: Vec<String>,
 }
 
 impl Cluster {
@@ -86,6 +88,7 @@ impl Cluster {
             view,
             itl_ratio: itl_ratio.to_vec(),
             demand: 12.0,
+            reasons: Vec::new(),
         }
     }
 
@@ -100,7 +103,9 @@ impl Cluster {
                 )
             });
         }
+        self.reasons.clear();
         for d in self.policy.decide(&self.view) {
+            self.reasons.push(d.reason);
             let v = &mut self.view.variants[d.variant];
             v.target = d.replicas;
             v.ready = d.replicas;
@@ -132,16 +137,24 @@ fn a_variant_missing_the_slo_at_the_derating_floor_is_set_aside_then_retried() {
         at >= 10,
         "set aside before the derating reached its floor: {at}"
     );
-    // The fast variant takes the whole demand at once; the cheap one goes after the
-    // scale-down window (300 s).
+    // The fast variant covers the whole demand; the cheap one goes after the scale-down
+    // window (300 s), and the reason of that change says why.
     let now = c.step();
     assert!(
         now[1] * 5 >= 12,
         "the fast variant covers the demand: {now:?}"
     );
+    let mut reasons = Vec::new();
     for _ in 0..12 {
         c.step();
+        reasons.extend(c.reasons.iter().cloned());
     }
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("set aside for missing the SLO at the derating floor: cheap")),
+        "{reasons:?}"
+    );
     assert_eq!(c.view.variants[0].target, 0, "the cheap variant is drained");
     // After the set-aside time (900 s) it is tried again, at the derated floor.
     for _ in 0..20 {

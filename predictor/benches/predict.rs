@@ -1,6 +1,8 @@
 //! Timings of the predictor: one in-process prediction (both targets, all quantiles), 1000 of
 //! them (the model's share of a bulk call), and one `/predict/bulk/strict` call with 1000
-//! endpoints handled server-side (JSON parse, validation, prediction, JSON response; no socket).
+//! endpoints handled server-side (JSON parse, validation, prediction, JSON response; no socket),
+//! and the parse of that call's body alone (the fast path, and the generic `Value` walk it falls
+//! back to).
 //!
 //! `cargo bench -p goodput-predictor --features server --bench predict`
 
@@ -8,6 +10,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use goodput_predictor::server::api::{parse_bulk_features, parse_bulk_features_fast};
 use goodput_predictor::server::{AppState, ServerConfig, predict_bulk_strict_inner};
 use goodput_predictor::{
     Features, Predictor, PredictorConfig, RetrainReason, Sample, VariantPhysics,
@@ -99,6 +102,17 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let body = json!({ "requests": rows }).to_string();
+    // The parse alone: the fast path the call takes, and the generic walk it falls back to.
+    c.bench_function("parse_bulk_1000", |b| {
+        b.iter(|| parse_bulk_features_fast(black_box(body.as_bytes()), 100_000))
+    });
+    c.bench_function("parse_bulk_1000_generic_walk", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<serde_json::Value>(black_box(body.as_bytes()))
+                .ok()
+                .map(|v| parse_bulk_features(&v, 100_000))
+        })
+    });
     c.bench_function("predict_bulk_strict_1000_server_side", |b| {
         b.iter(|| predict_bulk_strict_inner(&st, black_box(body.as_bytes())))
     });

@@ -6,7 +6,7 @@
 //! (`requests[3].kv_cache_percentage`) the way FastAPI's `detail[].loc` does. Unknown fields are
 //! ignored, as pydantic does.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::features::{Features, FieldError, PodType, Sample};
@@ -214,66 +214,15 @@ pub fn list<'a>(body: &'a Value, key: &str, max: usize) -> Result<&'a [Value], F
     Ok(a)
 }
 
-/// One prediction row as the typed fast path reads it (see [`parse_bulk_features_fast`]).
-#[derive(Debug, Deserialize)]
-struct FastRow<'a> {
-    kv_cache_percentage: f64,
-    input_token_length: u32,
-    num_request_waiting: u32,
-    num_request_running: u32,
-    num_tokens_generated: u32,
-    prefix_cache_score: f64,
-    #[serde(default, borrow)]
-    pod_type: Option<&'a str>,
-    #[serde(default)]
-    prefill_tokens_in_flight: u64,
-    #[serde(default)]
-    decode_tokens_in_flight: u64,
-    #[serde(default)]
-    #[allow(dead_code)] // checked for type only, like the generic walk
-    encoder_matched_size: u64,
-    #[serde(default)]
-    #[allow(dead_code)]
-    encoder_input_size: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct FastBulk<'a> {
-    #[serde(borrow)]
-    requests: Vec<FastRow<'a>>,
-}
-
-/// The typed fast path of `{"requests":[row...]}`: one serde pass straight into [`Features`],
-/// no `Value` tree. `None` whenever anything is unusual (a type or range error, a missing field,
-/// an escaped `pod_type`, a duplicate key, too few or too many rows): the caller then runs the
-/// generic walk ([`parse_bulk_features`]), which accepts exactly what it accepts and names the
-/// offending field. Every body this accepts, the generic walk accepts with the same result.
+/// The fast path of `{"requests":[row...]}`: a byte scanner straight into [`Features`]
+/// ([`super::fast_json`]), no `Value` tree. `None` whenever anything is unusual (a type or
+/// range error, a float or negative number in an integer field, a missing or duplicate key,
+/// any escape in a string, a nested value under an unknown key, too few or too many rows,
+/// trailing bytes): the caller then runs the generic walk ([`parse_bulk_features`]), which
+/// names the offending field. Every body this accepts, the generic walk accepts with the
+/// bit-identical result.
 pub fn parse_bulk_features_fast(body: &[u8], max_rows: usize) -> Option<Vec<Features>> {
-    let bulk: FastBulk<'_> = serde_json::from_slice(body).ok()?;
-    if bulk.requests.is_empty() || bulk.requests.len() > max_rows {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bulk.requests.len());
-    for r in &bulk.requests {
-        let f = Features {
-            kv_cache_percentage: r.kv_cache_percentage,
-            input_token_length: r.input_token_length,
-            num_request_waiting: r.num_request_waiting,
-            num_request_running: r.num_request_running,
-            num_tokens_generated: r.num_tokens_generated,
-            prefix_cache_score: r.prefix_cache_score,
-            pod_type: PodType::from_label(r.pod_type),
-            prefill_tokens_in_flight: r.prefill_tokens_in_flight,
-            decode_tokens_in_flight: r.decode_tokens_in_flight,
-        };
-        if !(0.0..=1.0).contains(&f.kv_cache_percentage)
-            || !(0.0..=1.0).contains(&f.prefix_cache_score)
-        {
-            return None;
-        }
-        out.push(f);
-    }
-    Some(out)
+    super::fast_json::bulk_features(body, max_rows)
 }
 
 /// Parses `{"requests":[row...]}`, all rows or the errors of every bad row.

@@ -14,6 +14,7 @@
 //! accepts and never uses.
 
 pub mod api;
+mod fast_json;
 pub mod time;
 
 use std::sync::Arc;

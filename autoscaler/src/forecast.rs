@@ -5,7 +5,8 @@
 //! second plus the backlog to drain), rate-weighted mean and p90 prompt/output lengths and prefix
 //! hit rate, and whether the data is fresh. [`Forecaster`] keeps a Holt linear trend over those
 //! estimates and predicts the rate one horizon ahead (the replica start-up time plus a decision
-//! interval); it remembers each forecast and, when its target time comes, compares it with what
+//! interval), learning the trend only after the first few observations, whose metric windows
+//! are still filling; it remembers each forecast and, when its target time comes, compares it with what
 //! was observed, tracking the relative error. The burst margin added on top of the forecast is
 //! that error's RMS times `z`, bounded below by a floor.
 
@@ -137,10 +138,18 @@ pub struct Forecaster {
     mse: f64,
     scored: u32,
     seen: u32,
+    /// Rates observed so far.
+    observations: u32,
 }
 
 /// Forecasts not scored at the start (the level starts from one observation).
 const WARMUP_FORECASTS: u32 = 5;
+
+/// Observations before the trend is learned. The first rates come from metric windows that
+/// are still filling (a fleet that just started, a controller that just came up), so they rise
+/// whatever the load does; a trend learned from them would scale up for a ramp that is not
+/// there.
+const TREND_WARMUP: u32 = 3;
 
 impl Forecaster {
     pub fn new(cfg: ForecastConfig) -> Self {
@@ -153,6 +162,7 @@ impl Forecaster {
             mse: 0.0,
             scored: 0,
             seen: 0,
+            observations: 0,
         }
     }
 
@@ -189,6 +199,7 @@ impl Forecaster {
             };
             self.scored += 1;
         }
+        self.observations = self.observations.saturating_add(1);
         match self.level {
             None => {
                 self.level = Some(rate);
@@ -199,7 +210,9 @@ impl Forecaster {
                 let predicted = level + self.trend * dt;
                 let new_level = self.cfg.alpha * rate + (1.0 - self.cfg.alpha) * predicted;
                 let slope = (new_level - level) / dt;
-                self.trend = self.cfg.beta * slope + (1.0 - self.cfg.beta) * self.trend;
+                if self.observations > TREND_WARMUP {
+                    self.trend = self.cfg.beta * slope + (1.0 - self.cfg.beta) * self.trend;
+                }
                 self.level = Some(new_level.max(0.0));
             }
         }
@@ -239,6 +252,20 @@ mod tests {
         assert!(fc.rate > 14.0 && fc.rate < 16.5, "{fc:?}");
         assert!(f.scored() > 15);
         assert!(f.rms_error() < 0.2, "{}", f.rms_error());
+    }
+
+    #[test]
+    fn the_rise_of_filling_metric_windows_is_not_a_trend() {
+        // A 60 s rate window sampled every 30 s as the fleet comes up: half full, then full,
+        // then the steady 30 req/s.
+        let mut f = Forecaster::new(ForecastConfig::default());
+        let mut fc = f.observe(30.0, 15.0, 270.0);
+        for (i, rate) in [30.0, 30.0, 30.0].into_iter().enumerate() {
+            fc = f.observe(60.0 + 30.0 * i as f64, rate, 270.0);
+        }
+        // Without the warm-up the 15 -> 30 step would be a trend of +0.1 req/s per second,
+        // forecasting about 45 req/s at the horizon.
+        assert!(fc.rate < 31.0, "{fc:?}");
     }
 
     #[test]

@@ -8,13 +8,15 @@
 //! derate that variant's probed capacity (down to half), and latencies well below it restore it;
 //! a variant that still misses the SLO when derated to the floor cannot hold it for this traffic
 //! at any load the derating reaches (on azure-code, slower accelerators whose ITL the long
-//! prompts' prefill chunks break), so it is set aside for a while and the optimiser plans without
-//! it. Stability rules shape the plan into targets: scale-up is
-//! immediate and jumps straight to the plan (replicas still starting are counted, since the view's
-//! target includes them, so they are not asked for twice); scale-down takes the largest plan seen over the stabilisation
-//! window, only when the ready fleet's capacity exceeds the need by more than the hysteresis band, and
-//! never on missing or stale data. Replicas are never below min, above max or beyond pool
-//! capacity.
+//! prompts' prefill chunks break), so it is set aside for a while (twice as long each further
+//! time) and the optimiser plans without it. Stability rules shape the plan into targets:
+//! scale-up is immediate and jumps straight to the plan (replicas still starting are counted,
+//! since the view's target includes them, so they are not asked for twice); scale-down goes to
+//! the largest plan for the need plus the hysteresis band seen over the stabilisation window,
+//! only when the ready fleet's capacity exceeds the need by more than that band, and never on
+//! missing or stale data. Going down to a fleet that still has the band's headroom is what
+//! keeps noise from scaling it straight back up. Replicas are never below min, above max or
+//! beyond pool capacity.
 
 use std::collections::VecDeque;
 
@@ -50,8 +52,10 @@ pub struct GoodputConfig {
     /// Consecutive decisions a variant may miss the SLO while derated to `min_correction`
     /// before it is set aside (0: never).
     pub set_aside_after: u32,
-    /// How long a variant stays set aside, seconds; then it is tried again at
-    /// `min_correction`.
+    /// How long a variant stays set aside the first time, seconds; then it is tried again at
+    /// `min_correction`. Each further time the same variant is set aside, the time doubles, up
+    /// to `MAX_SET_ASIDE_DOUBLINGS` doublings, so a variant that keeps missing is not retried
+    /// (and its replicas started and drained) every half hour.
     pub set_aside_s: f64,
     /// Shape assumed before any request was observed.
     pub default_shape: LoadShape,
@@ -85,7 +89,8 @@ pub struct GoodputPolicy<C: CapacityModel> {
     cfg: GoodputConfig,
     capacity: C,
     forecaster: Forecaster,
-    /// Recent plans (time, replicas per variant) for the scale-down window.
+    /// Recent plans for the need plus the hysteresis band (time, replicas per variant), for
+    /// the scale-down window.
     history: VecDeque<(f64, Vec<u32>)>,
     last_shape: Option<LoadShape>,
     last_forecast: Option<Forecast>,
@@ -97,9 +102,14 @@ pub struct GoodputPolicy<C: CapacityModel> {
     strikes: Vec<u32>,
     /// Per variant: set aside until this time (seconds of the view's clock).
     set_aside_until: Vec<Option<f64>>,
+    /// Per variant: how many times it was set aside (for the doubling).
+    set_aside_count: Vec<u32>,
     /// When a request was last seen (served, running, or waiting at the gateway).
     last_demand_s: Option<f64>,
 }
+
+/// Most doublings of `GoodputConfig::set_aside_s` for a variant set aside again and again.
+pub const MAX_SET_ASIDE_DOUBLINGS: u32 = 3;
 
 fn fc_zero() -> Forecast {
     Forecast {
@@ -122,6 +132,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             correction: Vec::new(),
             strikes: Vec::new(),
             set_aside_until: Vec::new(),
+            set_aside_count: Vec::new(),
             last_demand_s: None,
         }
     }
@@ -222,6 +233,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         self.correction.resize(view.variants.len(), 1.0);
         self.strikes.resize(view.variants.len(), 0);
         self.set_aside_until.resize(view.variants.len(), None);
+        self.set_aside_count.resize(view.variants.len(), 0);
         // A variant whose time aside is over comes back, cautiously, at the floor.
         for i in 0..view.variants.len() {
             if let Some(until) = self.set_aside_until[i]
@@ -246,7 +258,9 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 let t = l.ttft_p95_s.map_or(0.0, |x| x * 1e3 / slo.ttft_ms);
                 let it = l.itl_p95_s.map_or(0.0, |x| x * 1e3 / slo.itl_ms);
                 let worst = t.max(it);
-                if !worst.is_finite() {
+                // A variant set aside keeps reporting while its replicas drain; that says
+                // nothing new, and counting it would set it aside again (and double its time).
+                if !worst.is_finite() || self.is_set_aside(i, view.now_s) {
                     continue;
                 }
                 let at_floor = self.correction[i] <= self.cfg.min_correction;
@@ -265,7 +279,10 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 }
                 if self.cfg.set_aside_after > 0 && self.strikes[i] >= self.cfg.set_aside_after {
                     self.strikes[i] = 0;
-                    self.set_aside_until[i] = Some(view.now_s + self.cfg.set_aside_s);
+                    let doublings = self.set_aside_count[i].min(MAX_SET_ASIDE_DOUBLINGS);
+                    self.set_aside_count[i] += 1;
+                    self.set_aside_until[i] =
+                        Some(view.now_s + self.cfg.set_aside_s * f64::from(1u32 << doublings));
                 }
             }
             // Never set every variant aside: with nothing else to serve, the least bad stays.
@@ -300,6 +317,28 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         let cands = self.candidates(view, &shape);
         let pool_caps: Vec<u32> = view.pools.iter().map(|p| p.capacity).collect();
         let mut plan = optimise(&cands, &pool_caps, fc.provision_rate);
+        // What scale-down may go to: the plan with more replicas of the variants it uses until
+        // it carries the need plus the hysteresis band, so that a fleet just shrunk still has
+        // the band's headroom and the next uptick in the noise does not scale it straight back
+        // up. Only the planned variants grow, so that the band never names a different mix.
+        let band_cands: Vec<Candidate> = cands
+            .iter()
+            .zip(&plan.replicas)
+            .map(|(c, &r)| Candidate {
+                min_replicas: c.min_replicas.max(r),
+                max_replicas: c.max_replicas.max(r),
+                rate_per_replica: if r > 0 { c.rate_per_replica } else { 0.0 },
+                ..*c
+            })
+            .collect();
+        let mut band_plan = optimise(
+            &band_cands,
+            &pool_caps,
+            fc.provision_rate * (1.0 + self.cfg.hysteresis.max(0.0)),
+        );
+        if band_plan.capacity_limited {
+            band_plan = plan.clone();
+        }
         // Scale to zero only after a whole window without demand, and only where a gateway
         // signal can wake the fleet again; until then keep a floor of one replica.
         let idle_since = self.last_demand_s.or(self.first_seen).unwrap_or(view.now_s);
@@ -312,17 +351,19 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             self.cfg.min_total_replicas.max(1)
         };
         // Keep the floor (the cheapest usable variant).
-        let total: u32 = plan.replicas.iter().sum();
-        if total < floor {
-            let best = (0..cands.len())
-                .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0)
-                .min_by(|&a, &b| cands[a].price_per_hour.total_cmp(&cands[b].price_per_hour));
-            if let Some(b) = best {
-                plan.replicas[b] += floor - total;
+        let best = (0..cands.len())
+            .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0)
+            .min_by(|&a, &b| cands[a].price_per_hour.total_cmp(&cands[b].price_per_hour));
+        for replicas in [&mut plan.replicas, &mut band_plan.replicas] {
+            let total: u32 = replicas.iter().sum();
+            if let Some(b) = best
+                && total < floor
+            {
+                replicas[b] += floor - total;
             }
         }
         let now = view.now_s;
-        self.history.push_back((now, plan.replicas.clone()));
+        self.history.push_back((now, band_plan.replicas.clone()));
         while let Some((t, _)) = self.history.front() {
             if now - *t > self.cfg.scale_down_window_s {
                 self.history.pop_front();

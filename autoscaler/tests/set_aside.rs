@@ -185,3 +185,35 @@ fn the_last_usable_variants_are_not_all_set_aside() {
         );
     }
 }
+
+/// A variant that still misses when it is retried is set aside again, for twice as long: it is
+/// not started and drained every `set_aside_s`.
+#[test]
+fn a_variant_set_aside_again_waits_twice_as_long() {
+    let mut c = Cluster::new([2.0, 0.5]);
+    // So cheap that even derated to the floor it is planned again when retried ($0.5 per req/s
+    // against the fast variant's $0.8).
+    c.view.variants[0].price_per_hour = 1.0;
+    // (start, end) of each spell aside, in decisions.
+    let mut spells: Vec<(usize, Option<usize>)> = Vec::new();
+    for k in 0..200 {
+        c.step();
+        let aside = c.policy.set_aside(c.view.now_s) == [0];
+        match spells.last_mut() {
+            Some((_, end @ None)) if !aside => *end = Some(k),
+            Some((_, None)) => {}
+            _ if aside => spells.push((k, None)),
+            _ => {}
+        }
+    }
+    assert!(spells.len() >= 2, "set aside only {spells:?}");
+    let length = |(start, end): (usize, Option<usize>)| end.map(|e| e - start);
+    let first = length(spells[0]).expect("the first spell ends");
+    // 900 s at 30 s per decision (the clock moves on after each decision).
+    assert!((29..=30).contains(&first), "first spell {spells:?}");
+    let second = length(spells[1]).unwrap_or(200 - spells[1].0);
+    assert!(
+        second >= 2 * first,
+        "second spell {second} decisions: {spells:?}"
+    );
+}

@@ -69,6 +69,7 @@ pub struct SchedulerMetrics {
     pub ttft_headroom: Histogram,
     pub slo_violations: Family<KindLabels, Counter>,
     pub training_samples: Counter,
+    pub requests_waiting: Gauge,
 }
 
 impl Default for SchedulerMetrics {
@@ -85,6 +86,7 @@ impl Default for SchedulerMetrics {
             ttft_headroom: headroom_histogram(),
             slo_violations: Family::default(),
             training_samples: Counter::default(),
+            requests_waiting: Gauge::default(),
         }
     }
 }
@@ -139,6 +141,11 @@ impl SchedulerMetrics {
             "Measured requests fed back to the predictor",
             self.training_samples.clone(),
         );
+        registry.register(
+            "requests_waiting",
+            "Requests held because no endpoint could take them (a fleet at zero or starting)",
+            self.requests_waiting.clone(),
+        );
         for outcome in ["scored", "fallback", "no_endpoint", "shed", "error"] {
             let _ = self.picks.get_or_create(&OutcomeLabels { outcome });
         }
@@ -180,6 +187,7 @@ mod tests {
             "goodput_scheduler_ttft_headroom_seconds_bucket",
             "goodput_scheduler_slo_violations_total{kind=\"ttft\"} 0",
             "goodput_scheduler_training_samples_total 0",
+            "goodput_scheduler_requests_waiting 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -80,12 +80,17 @@ fn staleness() -> Staleness {
 }
 
 async fn start_scheduler(endpoints: String, picker: &str) -> Scheduler {
+    start_scheduler_holding(endpoints, picker, Duration::ZERO).await
+}
+
+async fn start_scheduler_holding(endpoints: String, picker: &str, hold: Duration) -> Scheduler {
     let config = ServeConfig {
         endpoints: EndpointSource::List(endpoints),
         picker: picker.into(),
         scrape_interval: Duration::from_millis(50),
         staleness: staleness(),
         retrain_interval_s: 1.0,
+        hold_when_no_endpoint: hold,
         ..Default::default()
     };
     let running = build(&config).unwrap();
@@ -604,4 +609,90 @@ async fn long_uncached_prompts_are_split_onto_a_prefill_server() {
     );
     decode.shutdown().await;
     prefill.shutdown().await;
+}
+
+/// Scale from zero as the gateway sees it: with no endpoint ready, a request is held (and
+/// counted in `requests_waiting`) rather than answered 503, and is served once a replica comes
+/// up; past the hold time it gets the 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_waits_for_a_replica_to_come_up() {
+    let port = free_port(); // the replica that is not there yet
+    let list = format!("127.0.0.1:{port} accelerator=h100");
+    let sched = start_scheduler_holding(list, "goodput", Duration::from_secs(30)).await;
+    let envoy = start_envoy(sched.port, Mode::FullDuplex).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        sched.metric("goodput_scheduler_requests_waiting ").await,
+        0.0
+    );
+    // Ready although no endpoint is: it takes requests to hold them.
+    let readyz = sched.metrics_url.replace("metrics", "readyz");
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    let held = {
+        let (client, url) = (client.clone(), envoy.url.clone());
+        tokio::spawn(async move { stream_completion(&client, &url, "wake up", 3, &[]).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sched.metric("goodput_scheduler_requests_waiting ").await < 1.0 {
+        assert!(Instant::now() < deadline, "the request was never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Held for a while, not answered.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!held.is_finished(), "answered with nothing to serve it");
+    assert_eq!(
+        sched.metric("goodput_scheduler_requests_waiting ").await,
+        1.0
+    );
+    // The replica comes up on the listed port: the held request is served by it.
+    let cfg = ServerConfig {
+        accelerator: "h100".into(),
+        time_scale: 20.0,
+        ..ServerConfig::default()
+    };
+    let replica = LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, port, 1)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .expect("the held request was not served after the replica came up")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.status, r.done, r.text_chunks),
+        (200, true, 3),
+        "{}",
+        r.body
+    );
+    assert_eq!(served(replica.addrs[0]).await, 1);
+    assert_eq!(
+        sched.metric("goodput_scheduler_requests_waiting ").await,
+        0.0
+    );
+    assert_eq!(
+        sched
+            .metric("goodput_scheduler_picks_total{outcome=\"no_endpoint\"}")
+            .await,
+        0.0
+    );
+    replica.shutdown().await;
+
+    // With a short hold and no replica coming, the wait ends in a 503.
+    let sched = start_scheduler_holding(
+        format!("127.0.0.1:{} accelerator=h100", free_port()),
+        "goodput",
+        Duration::from_millis(500),
+    )
+    .await;
+    let envoy = start_envoy(sched.port, Mode::FullDuplex).await;
+    let t0 = Instant::now();
+    let r = stream_completion(&client, &envoy.url, "anyone?", 2, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(t0.elapsed() >= Duration::from_millis(500), "not held");
+    assert_eq!(
+        sched.metric("goodput_scheduler_requests_waiting ").await,
+        0.0
+    );
 }

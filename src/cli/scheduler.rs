@@ -111,6 +111,30 @@ pub struct ServeArgs {
         default_value_t = 10.0
     )]
     pub retrain_interval_s: f64,
+    /// Seconds a request waits for an endpoint when none can take it (a fleet scaled to zero,
+    /// or every replica still starting) before it is answered 503; 0 answers at once. Held
+    /// requests are exported as `goodput_scheduler_requests_waiting`, the signal the
+    /// autoscaler wakes a fleet at zero on (ModelAutoscaler `metrics.gateway`). Set it above
+    /// the replicas' start-up time, and run Envoy's ext_proc in FULL_DUPLEX_STREAMED mode (in
+    /// BUFFERED mode Envoy's `message_timeout` ends the wait first).
+    #[arg(
+        long,
+        env = "GOODPUT_SCHEDULER_HOLD_WHEN_NO_ENDPOINT_S",
+        default_value_t = 0.0,
+        value_parser = non_negative_seconds
+    )]
+    pub hold_when_no_endpoint_s: f64,
+}
+
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be between 0 and 86400 seconds"))
+    }
 }
 
 pub fn run(cmd: SchedulerCommand) -> anyhow::Result<()> {
@@ -175,6 +199,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         model: args.model,
         predictions: !args.no_predictor,
         retrain_interval_s: args.retrain_interval_s,
+        hold_when_no_endpoint: Duration::from_secs_f64(args.hold_when_no_endpoint_s),
     };
     // Fail fast on a bad endpoint list before binding anything.
     goodput_scheduler::server::load_endpoints(&config.endpoints)?;

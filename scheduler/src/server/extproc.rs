@@ -22,7 +22,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
@@ -77,11 +77,33 @@ impl PredictionSwitch {
     }
 }
 
+/// How often a held request looks for an endpoint again.
+const HOLD_POLL: Duration = Duration::from_millis(50);
+
+/// One request held for lack of an endpoint, counted in `requests_waiting` while it lives
+/// (also when the stream ends while it waits).
+struct Waiting<'a>(&'a SchedulerMetrics);
+
+impl<'a> Waiting<'a> {
+    fn new(metrics: &'a SchedulerMetrics) -> Self {
+        metrics.requests_waiting.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.requests_waiting.dec();
+    }
+}
+
 /// What every stream shares.
 pub struct Shared {
     pub pool: Mutex<Pool>,
     pub latency: PredictionSwitch,
     pub metrics: SchedulerMetrics,
+    /// How long a request waits for an endpoint when none can take it.
+    pub hold_when_no_endpoint: Duration,
 }
 
 impl Shared {
@@ -504,24 +526,38 @@ impl Conversation {
             hashes: &hashes,
             block_tokens: BLOCK_TOKENS as u32,
         };
-        let started = Instant::now();
-        let (decision, ticket, dest, prefiller, predictor) = {
-            let mut pool = self.shared.lock();
-            let (d, t) = if self.shared.latency.disabled() {
-                pool.pick(&pick, &NoPredictions, started)
-            } else {
-                pool.pick_predicted(&pick, started)
+        // With nothing able to take the request (a fleet at zero, or every replica starting),
+        // hold it and pick again until an endpoint is ready or the hold time is over; while
+        // held it counts in `requests_waiting`, what an autoscaler wakes a fleet on.
+        let hold_until = Instant::now() + self.shared.hold_when_no_endpoint;
+        let mut waiting: Option<Waiting<'_>> = None;
+        let (started, (decision, ticket, dest, prefiller, predictor)) = loop {
+            let started = Instant::now();
+            let picked = {
+                let mut pool = self.shared.lock();
+                let (d, t) = if self.shared.latency.disabled() {
+                    pool.pick(&pick, &NoPredictions, started)
+                } else {
+                    pool.pick_predicted(&pick, started)
+                };
+                let dest = t.map(|t| pool.addr(t.slot).to_string());
+                let pre = t
+                    .and_then(|t| t.prefill_slot)
+                    .map(|p| pool.addr(p).to_string());
+                let predictor = t.and_then(|t| pool.predictor(t.slot));
+                if let Some(t) = t {
+                    self.shared.set_in_flight(&pool, t.slot);
+                }
+                (d, t, dest, pre, predictor)
             };
-            let dest = t.map(|t| pool.addr(t.slot).to_string());
-            let pre = t
-                .and_then(|t| t.prefill_slot)
-                .map(|p| pool.addr(p).to_string());
-            let predictor = t.and_then(|t| pool.predictor(t.slot));
-            if let Some(t) = t {
-                self.shared.set_in_flight(&pool, t.slot);
+            if picked.0 == Decision::NoEndpoint && started < hold_until {
+                waiting.get_or_insert_with(|| Waiting::new(&self.shared.metrics));
+                tokio::time::sleep(HOLD_POLL.min(hold_until - started)).await;
+                continue;
             }
-            (d, t, dest, pre, predictor)
+            break (started, picked);
         };
+        drop(waiting);
         let m = &self.shared.metrics;
         m.pick_duration.observe(started.elapsed().as_secs_f64());
         let (route, ticket, dest) = match (decision, ticket, dest) {

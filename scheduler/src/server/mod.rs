@@ -71,6 +71,10 @@ pub struct ServeConfig {
     pub predictions: bool,
     /// Seconds between scheduled retrainings of the predictors.
     pub retrain_interval_s: f64,
+    /// How long a request waits for an endpoint when none can take it (a fleet scaled to zero
+    /// or still starting) before it is answered 503; zero answers at once. Held requests are
+    /// the `requests_waiting` gauge, the signal an autoscaler wakes a fleet at zero on.
+    pub hold_when_no_endpoint: Duration,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +92,7 @@ impl Default for ServeConfig {
             model: "llama-3.1-8b".into(),
             predictions: true,
             retrain_interval_s: 10.0,
+            hold_when_no_endpoint: Duration::ZERO,
         }
     }
 }
@@ -193,6 +198,7 @@ pub fn build(config: &ServeConfig) -> Result<Running, ServeError> {
         pool: Mutex::new(pool),
         latency: PredictionSwitch::default(),
         metrics,
+        hold_when_no_endpoint: config.hold_when_no_endpoint,
     });
     Ok(Running {
         shared,
@@ -266,7 +272,8 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Pool> {
 
 /// Serves `/metrics`, `/healthz` (200 while the process serves) and `/readyz` (200 when at
 /// least one endpoint is ready, else 503: the pod should not get traffic it can only answer
-/// with 503) on `listener`.
+/// with 503; but 200 whenever requests are held for an endpoint, since holding them is what
+/// wakes a fleet at zero) on `listener`.
 pub async fn serve_metrics(
     listener: TcpListener,
     registry: Arc<Registry>,
@@ -308,6 +315,11 @@ pub async fn serve_metrics(
                     let (ready, _, _) = lock(&shared).health_counts(Instant::now());
                     if ready > 0 {
                         (StatusCode::OK, format!("{ready} endpoints ready"))
+                    } else if !shared.hold_when_no_endpoint.is_zero() {
+                        (
+                            StatusCode::OK,
+                            "no endpoint ready; requests are held for one".to_string(),
+                        )
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,

@@ -105,6 +105,7 @@ fn pass(r: &mut Reconciler, w: &World, t: i64) -> u32 {
             pools: &w.pools,
             current: &w.current,
             metrics: Ok(&w.obs[i]),
+            gateway_waiting: None,
             previous: None,
             now: Timestamp::from_second(1_800_000_000 + t).unwrap(),
         });

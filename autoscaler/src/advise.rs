@@ -20,7 +20,7 @@ use crate::controller::reconcile::{Outcome, Reconciler, ScaleState, Snapshot};
 use crate::controller::shared_capacity::CapacityCache;
 use crate::crd::{AcceleratorPoolSpec, ModelAutoscalerSpec, ModelAutoscalerStatus};
 use crate::export::ControllerMetrics;
-use crate::metrics::{Grouping, PromQuery, Scope, collect};
+use crate::metrics::{Grouping, PromQuery, Scope, collect, collect_gateway};
 
 /// The advise config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +101,28 @@ pub fn scope_of(spec: &ModelAutoscalerSpec) -> Scope {
     scope
 }
 
+/// The gateway's demand for lack of an endpoint where the spec names the scheduler's series
+/// (`metrics.gateway`); None without it, or when the query fails (logged): no signal, so no
+/// scale to zero, rather than a failed decision.
+pub async fn gateway_demand<Q: PromQuery>(prom: &Q, spec: &ModelAutoscalerSpec) -> Option<u32> {
+    let gateway = spec.metrics.gateway.as_ref()?;
+    let matchers: Vec<(String, String)> = gateway
+        .matchers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match collect_gateway(prom, &matchers, &spec.metrics.window)
+        .instrument(tracing::info_span!("collect_gateway"))
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(model = %spec.model, error = %e, "gateway demand query failed");
+            None
+        }
+    }
+}
+
 /// Runs advise steps against one Prometheus.
 pub struct Advisor<Q: PromQuery> {
     prom: Q,
@@ -158,6 +180,7 @@ impl<Q: PromQuery> Advisor<Q> {
                 })
                 .collect();
         }
+        let gateway_waiting = gateway_demand(&self.prom, &self.config.spec).await;
         let current = self.last_current.clone();
         // Timed without the Prometheus queries above, as the controller times its passes.
         let started = std::time::Instant::now();
@@ -170,6 +193,7 @@ impl<Q: PromQuery> Advisor<Q> {
             pools: &self.config.pools,
             current: &current,
             metrics: observed.as_ref().map_err(|e| e.clone()),
+            gateway_waiting,
             previous: self.previous.as_ref(),
             now,
         });

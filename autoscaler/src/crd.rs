@@ -267,8 +267,9 @@ pub struct PolicySpec {
     #[schemars(range(max = 86400))]
     pub scale_down_stabilization_seconds: u32,
     /// Allow zero replicas over all variants after a stabilisation window without requests.
-    /// Takes effect only where a gateway signal can wake the fleet again; the controller has
-    /// none yet and keeps one replica (the simulator has one).
+    /// Takes effect only with `metrics.gateway` set: a fleet at zero shows no demand in the
+    /// engines' metrics, so the requests goodput's scheduler holds for lack of an endpoint are
+    /// what wakes it. Without it one replica is kept.
     #[serde(default)]
     pub scale_to_zero: bool,
 }
@@ -310,6 +311,21 @@ pub struct MetricsSpec {
     /// Extra label matchers (e.g. `namespace: llm`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub matchers: BTreeMap<String, String>,
+    /// Where goodput's scheduler in front of this model exports its series: the requests it
+    /// holds or turns away for lack of an endpoint are demand the engines cannot show, the
+    /// signal that wakes a fleet scaled to zero (`policy.scaleToZero`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayMetricsSpec>,
+}
+
+/// The scheduler's series for one model.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayMetricsSpec {
+    /// Label matchers selecting the scheduler's `goodput_scheduler_*` series (e.g.
+    /// `job: goodput-scheduler`, `namespace: llm`). Empty selects every scheduler's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matchers: BTreeMap<String, String>,
 }
 
 fn default_variant_label() -> String {
@@ -325,6 +341,7 @@ impl Default for MetricsSpec {
             variant_label: default_variant_label(),
             window: default_window(),
             matchers: BTreeMap::new(),
+            gateway: None,
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct Snapshot<'a> {
     pub current: &'a [Option<ScaleState>],
     /// The PromQL observation (keyed by variant name), or why it failed.
     pub metrics: Result<&'a Observation, String>,
+    /// Requests the gateway holds or turned away for lack of an endpoint (`metrics.gateway`);
+    /// None without that signal, and then the fleet is never scaled to zero.
+    pub gateway_waiting: Option<u32>,
     pub previous: Option<&'a ModelAutoscalerStatus>,
     pub now: Timestamp,
 }
@@ -400,10 +403,9 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
                 startup_s: p.startup_s,
             })
             .collect(),
-        // No gateway signal reaches the controller yet, so it never scales to zero (a fleet at
-        // zero shows no demand in the engines' metrics and would never wake; docs/autoscaling.md,
-        // "Scale to zero").
-        gateway_waiting: None,
+        // Without the gateway's signal the policy never scales to zero: a fleet at zero shows
+        // no demand in the engines' metrics and would never wake.
+        gateway_waiting: snap.gateway_waiting,
     };
     let prev = snap.previous;
     let g = snap.generation;
@@ -813,6 +815,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
             pools: &pools,
             current: &cur,
             metrics: Ok(&o1),
+            gateway_waiting: None,
             previous: None,
             now: at(0),
         };
@@ -828,6 +831,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
         let o2 = obs(40.0);
         let b = r.reconcile(&Snapshot {
             metrics: Ok(&o2),
+            gateway_waiting: None,
             previous: Some(&a.status),
             now: at(30),
             ..snap.clone()
@@ -846,6 +850,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
         // Prometheus down: the same desired counts, the condition and one Warning.
         let c = r.reconcile(&Snapshot {
             metrics: Err("connection refused".into()),
+            gateway_waiting: None,
             previous: Some(&b.status),
             now: at(60),
             ..snap.clone()
@@ -868,6 +873,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
         // A second failed pass does not repeat the Warning.
         let d = r.reconcile(&Snapshot {
             metrics: Err("connection refused".into()),
+            gateway_waiting: None,
             previous: Some(&c.status),
             now: at(90),
             ..snap.clone()
@@ -894,6 +900,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
             pools: &pools,
             current: &[None, None],
             metrics: Ok(&o),
+            gateway_waiting: None,
             previous: None,
             now: at(0),
         });
@@ -955,6 +962,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
                 pools: &pools,
                 current: &cur,
                 metrics: Ok(&o),
+                gateway_waiting: None,
                 previous: None,
                 now: at(0),
             });

@@ -36,7 +36,7 @@ use super::leader::LeaseLock;
 use super::reconcile::{Desired, Reconciler, ScaleState, Snapshot};
 use super::shared_capacity::CapacityCache;
 use crate::actuation::{DesiredKey, DesiredStore, keda::KedaScaler, scale};
-use crate::advise::scope_of;
+use crate::advise::{gateway_demand, scope_of};
 use crate::crd::{
     AcceleratorPool, AcceleratorPoolSpec, Actuation, ModelAutoscaler, ScaleTargetRef, VariantStatus,
 };
@@ -264,6 +264,7 @@ pub async fn reconcile(
         .instrument(tracing::info_span!("collect_metrics"))
         .await
         .map_err(|e| e.to_string());
+    let gateway_waiting = gateway_demand(&ctx.prom, &ma.spec).await;
     let prometheus_time = metrics_started.elapsed();
 
     // The decision may probe the engine model (CPU-bound, cached): off the async workers.
@@ -284,6 +285,7 @@ pub async fn reconcile(
             pools: &pools2,
             current: &current,
             metrics: observed.as_ref().map_err(|e| e.clone()),
+            gateway_waiting,
             previous: previous.as_ref(),
             now: Timestamp::now(),
         };

@@ -119,6 +119,23 @@ fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
+/// Requests the gateway holds or turned away for lack of an endpoint
+/// ([`queries::gateway_demand`]), rounded up; `None` when no scheduler series match.
+pub async fn collect_gateway<C: PromQuery>(
+    client: &C,
+    matchers: &[(String, String)],
+    window: &str,
+) -> Result<Option<u32>, MetricsError> {
+    queries::validate_matchers(matchers)?;
+    let series = client
+        .instant(&queries::gateway_demand(matchers, window))
+        .await?;
+    Ok(series
+        .first()
+        .and_then(|s| finite(s.value))
+        .map(|v| v.max(0.0).ceil() as u32))
+}
+
 /// Whether an observation is too old to act on.
 pub fn is_stale(load: &VariantLoad, max_age_s: f64) -> bool {
     !(load.age_s.is_finite() && load.age_s <= max_age_s)

@@ -223,6 +223,33 @@ pub fn replicas(scope: &Scope, by: &str) -> String {
     )
 }
 
+/// Demand at the gateway for lack of an endpoint: requests goodput's scheduler holds now plus
+/// those it answered `no_endpoint` over `window`, over the scheduler series `matchers` select.
+/// Empty when no `goodput_scheduler_requests_waiting` series matches (no signal, as opposed to
+/// a signal of zero).
+pub fn gateway_demand(matchers: &[(String, String)], window: &str) -> String {
+    let sel: Vec<String> = matchers
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    let no_endpoint: Vec<String> = std::iter::once("outcome=\"no_endpoint\"".to_string())
+        .chain(sel.iter().cloned())
+        .collect();
+    format!(
+        "sum(goodput_scheduler_requests_waiting{{{}}}) + (sum(increase(goodput_scheduler_picks_total{{{}}}[{window}])) or vector(0))",
+        sel.join(","),
+        no_endpoint.join(",")
+    )
+}
+
+/// Checks the label names of `matchers`.
+pub fn validate_matchers(matchers: &[(String, String)]) -> Result<(), ScopeError> {
+    match matchers.iter().find(|(k, _)| !valid_label_name(k)) {
+        Some((k, _)) => Err(ScopeError::LabelName(k.clone())),
+        None => Ok(()),
+    }
+}
+
 /// Age of the newest scraped sample, seconds: large means the data is stale.
 pub fn sample_age(scope: &Scope, by: &str) -> String {
     format!(
@@ -234,6 +261,21 @@ pub fn sample_age(scope: &Scope, by: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_demand_adds_held_and_turned_away_requests() {
+        let m = vec![("job".to_string(), "sched \"a\"".to_string())];
+        validate_matchers(&m).unwrap();
+        assert_eq!(
+            gateway_demand(&m, "1m"),
+            "sum(goodput_scheduler_requests_waiting{job=\"sched \\\"a\\\"\"}) + (sum(increase(goodput_scheduler_picks_total{outcome=\"no_endpoint\",job=\"sched \\\"a\\\"\"}[1m])) or vector(0))"
+        );
+        assert_eq!(
+            gateway_demand(&[], "30s"),
+            "sum(goodput_scheduler_requests_waiting{}) + (sum(increase(goodput_scheduler_picks_total{outcome=\"no_endpoint\"}[30s])) or vector(0))"
+        );
+        assert!(validate_matchers(&[("bad-name".into(), "x".into())]).is_err());
+    }
 
     #[test]
     fn queries_select_the_model_and_group_by_variant() {

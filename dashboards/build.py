@@ -440,6 +440,13 @@ def scheduler():
                   (f"sum(rate(goodput_scheduler_observed_ttft_seconds_sum{{{S}}}[{RI}])) / "
                    f"sum(rate(goodput_scheduler_observed_ttft_seconds_count{{{S}}}[{RI}]))", "observed")],
                  unit="s", w=12)
+    b.timeseries("Requests waiting for an endpoint",
+                 "Requests held because no model server can take them (a fleet scaled to zero, or "
+                 "every replica starting): what wakes a fleet at zero (ModelAutoscaler "
+                 "metrics.gateway). Routed when a replica is ready, or answered 503 after "
+                 "--hold-when-no-endpoint-s.",
+                 [(f"sum(goodput_scheduler_requests_waiting{{{S}}})", "waiting")],
+                 w=12)
     return b
 
 

@@ -1,5 +1,6 @@
-//! goodput against the peers' policies on real traces, one hour each (about 25 s for all
-//! three in the optimised test profile; the figures are in docs/autoscaling.md): Azure conversation and code under a daily
+//! goodput against the peers' policies on real traces, one hour each (about 90 s for all
+//! three in the optimised test profile, most of it sizing the static fleets by simulation; the
+//! figures are in docs/autoscaling.md): Azure conversation and code under a daily
 //! envelope, and Mooncake conversation, on the heterogeneous H100 / A100 / L40S / TPU v5e
 //! scenarios in `autoscaler/scenarios/`. The data comes from `GOODPUT_SHARED_DATA` or
 //! `<CARGO_MANIFEST_DIR>/../../shared/data`; a missing file fails the test with its path.

@@ -2,7 +2,8 @@
 //! signature as goodput's (`ClusterView` in, `ScaleDecision`s out). Formulas and defaults follow
 //! `shared/reference/autoscaling-anchors.md`:
 //!
-//! - [`StaticPeak`]: a fixed fleet sized for the peak, held all run.
+//! - [`StaticPeak`]: a fixed fleet, held all run (`compare` sizes it as the cheapest that
+//!   holds the SLO on the workload).
 //! - [`HpaKv`]: Kubernetes HPA on mean KV-cache utilisation (`desired = ceil(ready * kv / target)`,
 //!   tolerance 0.1, default behaviour: scale-up max(4 pods, 100 %) per period without
 //!   stabilisation, scale-down stabilised over 300 s).

@@ -6,8 +6,8 @@
 //! hit rate, and whether the data is fresh. [`Forecaster`] keeps a Holt linear trend over those
 //! estimates and predicts the rate one horizon ahead (the replica start-up time plus a decision
 //! interval), learning the trend only after the first few observations, whose metric windows
-//! are still filling; it remembers each forecast and, when its target time comes, compares it with what
-//! was observed, tracking the relative error. The burst margin added on top of the forecast is
+//! are still filling; it remembers each forecast and, when its target time comes, compares it
+//! with what was observed, tracking the relative error. The burst margin added on top of the forecast is
 //! that error's RMS times `z`, bounded below by a floor.
 
 use std::collections::VecDeque;

@@ -280,7 +280,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 if self.cfg.set_aside_after > 0 && self.strikes[i] >= self.cfg.set_aside_after {
                     self.strikes[i] = 0;
                     let doublings = self.set_aside_count[i].min(MAX_SET_ASIDE_DOUBLINGS);
-                    self.set_aside_count[i] += 1;
+                    self.set_aside_count[i] = self.set_aside_count[i].saturating_add(1);
                     self.set_aside_until[i] =
                         Some(view.now_s + self.cfg.set_aside_s * f64::from(1u32 << doublings));
                 }

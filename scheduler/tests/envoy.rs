@@ -159,12 +159,17 @@ impl Scheduler {
 }
 
 async fn servers(accelerator: &str, n: u16) -> LiveServers {
+    servers_on(accelerator, 0, n).await
+}
+
+/// `n` servers on ports `port_base..` (ephemeral ports when 0), 20x real speed.
+async fn servers_on(accelerator: &str, port_base: u16, n: u16) -> LiveServers {
     let cfg = ServerConfig {
         accelerator: accelerator.into(),
         time_scale: 20.0,
         ..ServerConfig::default()
     };
-    LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, 0, n)
+    LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, port_base, n)
         .await
         .unwrap()
 }
@@ -645,14 +650,7 @@ async fn a_request_waits_for_a_replica_to_come_up() {
         1.0
     );
     // The replica comes up on the listed port: the held request is served by it.
-    let cfg = ServerConfig {
-        accelerator: "h100".into(),
-        time_scale: 20.0,
-        ..ServerConfig::default()
-    };
-    let replica = LiveServers::start(&Catalog::builtin(), &cfg, LOCAL, port, 1)
-        .await
-        .unwrap();
+    let replica = servers_on("h100", port, 1).await;
     let r = tokio::time::timeout(Duration::from_secs(20), held)
         .await
         .expect("the held request was not served after the replica came up")

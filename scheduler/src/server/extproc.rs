@@ -11,7 +11,8 @@
 //!    headers answer waits for the body and the body is re-sent as `streamed_response` chunks
 //!    of at most 62,000 bytes; with BUFFERED (or any other mode) the headers are answered at
 //!    once and the routing header rides on the body response, where Envoy applies it.
-//!    503 when no endpoint is ready, 429 when a sheddable request is shed.
+//!    503 when no endpoint is ready (after holding the request up to the configured hold time,
+//!    counted in `requests_waiting`), 429 when a sheddable request is shed.
 //! 3. Response path: every message is answered (bodies echoed in full-duplex mode) while the
 //!    stream is observed: the first body chunk is the first token (TTFT from dispatch), SSE
 //!    events count output tokens (or the usage block's `completion_tokens`), and at the end

@@ -272,8 +272,9 @@ pub fn prepare_with(
             rate_per_replica: capacity.max_rate(i, &shape),
         })
         .collect();
+    // A variant capped at zero replicas cannot be the one a single-variant baseline scales.
     let primary = (0..cands.len())
-        .filter(|&i| cands[i].rate_per_replica > 0.0)
+        .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0)
         .min_by(|&a, &b| {
             let ra = cands[a].price_per_hour / cands[a].rate_per_replica;
             let rb = cands[b].price_per_hour / cands[b].rate_per_replica;

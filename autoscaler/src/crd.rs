@@ -272,6 +272,14 @@ pub struct PolicySpec {
     /// what wakes it. Without it one replica is kept.
     #[serde(default)]
     pub scale_to_zero: bool,
+    /// Slowest variant a plan may mix in, as a share of the fastest planned variant's
+    /// sustainable requests per second per replica. Routers that balance outstanding requests
+    /// (least-requests, llm-d's queue and KV scorers) give a much slower replica about as many
+    /// concurrent requests as a fast one, so it misses the SLO; 0 mixes freely (for a router
+    /// that weighs replicas by predicted latency).
+    #[serde(default = "default_mixed_speed_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_mixed_speed_ratio: f64,
 }
 
 fn default_interval() -> u32 {
@@ -283,6 +291,9 @@ fn default_startup() -> u32 {
 fn default_stabilisation() -> u32 {
     300
 }
+fn default_mixed_speed_ratio() -> f64 {
+    GoodputConfig::default().min_speed_ratio
+}
 
 impl Default for PolicySpec {
     fn default() -> Self {
@@ -292,6 +303,7 @@ impl Default for PolicySpec {
             startup_seconds: default_startup(),
             scale_down_stabilization_seconds: default_stabilisation(),
             scale_to_zero: false,
+            min_mixed_speed_ratio: default_mixed_speed_ratio(),
         }
     }
 }
@@ -535,6 +547,13 @@ impl EngineSetup {
         if spec.policy.interval_seconds == 0 {
             return Err(field_err("policy.intervalSeconds", "must be at least 1"));
         }
+        let ratio = spec.policy.min_mixed_speed_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(field_err(
+                "policy.minMixedSpeedRatio",
+                format!("must be between 0 and 1, got {ratio}"),
+            ));
+        }
         let mut scope = crate::metrics::Scope::new(spec.model.clone());
         scope.variant_label = spec.metrics.variant_label.clone();
         scope.window = spec.metrics.window.clone();
@@ -646,6 +665,7 @@ impl EngineSetup {
             scale_down_window_s: spec.policy.scale_down_stabilization_seconds as f64,
             interval_s: spec.policy.interval_seconds as f64,
             min_total_replicas: if spec.policy.scale_to_zero { 0 } else { 1 },
+            min_speed_ratio: spec.policy.min_mixed_speed_ratio,
             slo: Some(slo),
             ..GoodputConfig::default()
         };
@@ -715,6 +735,7 @@ policy: { actuation: scale, intervalSeconds: 15 }
         assert_eq!(setup.scenario.variants[1].min_replicas, 1);
         assert_eq!(setup.config.interval_s, 15.0);
         assert_eq!(setup.config.min_total_replicas, 1);
+        assert_eq!(setup.config.min_speed_ratio, 0.3);
         assert_eq!(setup.config.slo.map(|s| s.itl_ms), Some(60.0));
         assert_eq!(setup.accelerators[1], ("l40s".into(), "l40s-pool".into()));
     }
@@ -734,6 +755,14 @@ policy: { actuation: scale, intervalSeconds: 15 }
         check(
             &|s| s.variants[1].pool = "missing".into(),
             "variants[1].pool",
+        );
+        check(
+            &|s| s.policy.min_mixed_speed_ratio = 1.5,
+            "policy.minMixedSpeedRatio",
+        );
+        check(
+            &|s| s.policy.min_mixed_speed_ratio = f64::NAN,
+            "policy.minMixedSpeedRatio",
         );
         check(
             &|s| s.variants[0].min_replicas = 9,

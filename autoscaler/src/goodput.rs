@@ -4,8 +4,10 @@
 //! estimate ([`crate::forecast::estimate`]), the forecaster predicts the rate one start-up time
 //! plus one interval ahead and adds its burst margin, the [`CapacityModel`] gives each variant's
 //! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
-//! mix for the provisioned rate; when the SLO is known, a variant's observed p95 latencies above it
-//! derate that variant's probed capacity (down to half), and latencies well below it restore it;
+//! mix for the provisioned rate among variants of comparable speed per replica, charging the
+//! replicas a new mix would start for their start-up time; when the SLO is known, a variant's
+//! observed p95 latencies above it derate that variant's probed capacity (down to half), and
+//! latencies well below it restore it;
 //! a variant that still misses the SLO when derated to the floor cannot hold it for this traffic
 //! at any load the derating reaches (on azure-code, slower accelerators whose ITL the long
 //! prompts' prefill chunks break), so it is set aside for a while (twice as long each further
@@ -24,7 +26,7 @@ use goodput_sim::policy::{ClusterView, ScaleDecision};
 
 use crate::capacity::{CapacityModel, LoadShape};
 use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate};
-use crate::optimizer::{Candidate, optimise};
+use crate::optimizer::{Candidate, SwitchCost, optimise, optimise_comparable};
 
 /// Tuning of goodput's policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,6 +61,9 @@ pub struct GoodputConfig {
     pub set_aside_s: f64,
     /// Shape assumed before any request was observed.
     pub default_shape: LoadShape,
+    /// Slowest variant a plan may mix in, as a share of the fastest planned variant's
+    /// sustainable rate per replica (see [`optimise_comparable`]); 0 mixes freely.
+    pub min_speed_ratio: f64,
 }
 
 impl Default for GoodputConfig {
@@ -80,6 +85,7 @@ impl Default for GoodputConfig {
                 mean_output_tokens: 200.0,
                 prefix_hit_rate: 0.0,
             },
+            min_speed_ratio: 0.3,
         }
     }
 }
@@ -316,7 +322,25 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         };
         let cands = self.candidates(view, &shape);
         let pool_caps: Vec<u32> = view.pools.iter().map(|p| p.capacity).collect();
-        let mut plan = optimise(&cands, &pool_caps, fc.provision_rate);
+        // Replicas started for a new mix are paid for through their start-up while serving
+        // nothing; a mix must save more than that over a stabilisation window to replace one.
+        let current: Vec<u32> = view.variants.iter().map(|v| v.target).collect();
+        let switch = SwitchCost {
+            current: &current,
+            share: startup
+                / self
+                    .cfg
+                    .scale_down_window_s
+                    .max(self.cfg.interval_s)
+                    .max(1.0),
+        };
+        let mut plan = optimise_comparable(
+            &cands,
+            &pool_caps,
+            fc.provision_rate,
+            self.cfg.min_speed_ratio,
+            switch,
+        );
         // What scale-down may go to: the plan with more replicas of the variants it uses until
         // it carries the need plus the hysteresis band, so that a fleet just shrunk still has
         // the band's headroom and the next uptick in the noise does not scale it straight back

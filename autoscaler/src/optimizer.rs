@@ -157,9 +157,90 @@ fn search(
     best
 }
 
+/// What starting replicas costs when choosing between mixes: each replica a plan adds beyond
+/// `current` is charged its price times `share` on top of the plan's cost per hour.
+///
+/// A replica is paid for while it starts and serves nothing; `share` is that start-up time over
+/// the time a plan can be expected to stand (e.g. 240 s over a 300 s stabilisation window: 0.8).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwitchCost<'a> {
+    /// Replicas per variant now (targets, starting ones included).
+    pub current: &'a [u32],
+    pub share: f64,
+}
+
+impl SwitchCost<'_> {
+    fn of(&self, cands: &[Candidate], plan: &Plan) -> f64 {
+        cands
+            .iter()
+            .zip(&plan.replicas)
+            .enumerate()
+            .map(|(i, (c, &r))| {
+                let now = self.current.get(i).copied().unwrap_or(0);
+                f64::from(r.saturating_sub(now)) * c.price_per_hour * self.share.max(0.0)
+            })
+            .sum()
+    }
+}
+
+/// Cheapest mix carrying `demand` in which no planned variant is slower per replica than
+/// `min_speed_ratio` times the fastest planned one, counting what its new replicas cost to
+/// start (`switch`).
+///
+/// Routers that balance outstanding requests (least-loaded, llm-d's queue and KV scorers) give
+/// a replica several times slower than its peers about the same number of concurrent requests,
+/// so its requests run far slower than the plan's share assumes; the cheap slow replicas that
+/// plain [`optimise`] adds to cover a remainder then miss the SLO. Each usable variant in turn
+/// anchors a plan among the variants at least `min_speed_ratio` of its speed and no faster;
+/// the plan that carries the demand at the lowest cost per hour plus start-up charge wins, so
+/// that a mix a few cents cheaper does not replace a running fleet. When no plan carries the
+/// demand, the plain plan (all variants, most capacity) is returned. A ratio of 0 compares
+/// only the plain plan, which it then returns.
+pub fn optimise_comparable(
+    cands: &[Candidate],
+    pool_capacity: &[u32],
+    demand: f64,
+    min_speed_ratio: f64,
+    switch: SwitchCost<'_>,
+) -> Plan {
+    let plain = optimise(cands, pool_capacity, demand);
+    if min_speed_ratio <= 0.0 {
+        return plain;
+    }
+    let mut best: Option<(f64, Plan)> = None;
+    for anchor in cands.iter().filter(|c| c.rate_per_replica > 0.0) {
+        let speed = anchor.rate_per_replica;
+        let restricted: Vec<Candidate> = cands
+            .iter()
+            .map(|c| {
+                let comparable =
+                    c.rate_per_replica <= speed && c.rate_per_replica >= min_speed_ratio * speed;
+                Candidate {
+                    rate_per_replica: if comparable { c.rate_per_replica } else { 0.0 },
+                    ..*c
+                }
+            })
+            .collect();
+        let plan = optimise(&restricted, pool_capacity, demand);
+        if plan.capacity_limited {
+            continue;
+        }
+        let cost = plan.cost_per_hour + switch.of(cands, &plan);
+        if best.as_ref().is_none_or(|(b, _)| cost < b - 1e-9) {
+            best = Some((cost, plan));
+        }
+    }
+    best.map_or(plain, |(_, p)| p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NO_SWITCH: SwitchCost<'static> = SwitchCost {
+        current: &[],
+        share: 0.0,
+    };
 
     fn cand(price: f64, devices: u32, pool: usize, rate: f64) -> Candidate {
         Candidate {
@@ -195,5 +276,79 @@ mod tests {
         let mut c = [cand(4.0, 1, 0, 4.0), cand(1.5, 1, 1, 1.0)];
         c[1].min_replicas = 1;
         assert_eq!(optimise(&c, &[8, 8], 0.0).replicas, vec![0, 1]);
+    }
+
+    #[test]
+    fn comparable_mix_leaves_out_much_slower_variants() {
+        // The plain plan covers the remainder with a replica a tenth as fast (2 h100 + 1 l40s);
+        // the comparable plan takes one more h100 instead.
+        let c = [cand(4.0, 1, 0, 4.0), cand(0.5, 1, 1, 0.4)];
+        assert_eq!(optimise(&c, &[8, 8], 8.3).replicas, vec![2, 1]);
+        let p = optimise_comparable(&c, &[8, 8], 8.3, 0.3, NO_SWITCH);
+        assert_eq!(p.replicas, vec![3, 0]);
+        assert!(p.capacity_rate >= 8.3);
+        // Variants within the ratio still mix.
+        let c = [cand(4.0, 1, 0, 4.0), cand(2.0, 1, 1, 1.6)];
+        assert_eq!(
+            optimise_comparable(&c, &[8, 8], 9.0, 0.3, NO_SWITCH).replicas,
+            vec![2, 1]
+        );
+    }
+
+    #[test]
+    fn comparable_mix_may_use_a_slow_variant_alone() {
+        // Little demand: one cheap slow replica carries it, with no faster one to compare with.
+        let c = [cand(4.0, 1, 0, 4.0), cand(0.5, 1, 1, 0.4)];
+        assert_eq!(
+            optimise_comparable(&c, &[8, 8], 0.3, 0.3, NO_SWITCH).replicas,
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn comparable_mix_falls_back_to_most_capacity_when_pools_run_out() {
+        // One h100 fits; only mixing in the slow variant comes close to the demand.
+        let c = [cand(4.0, 1, 0, 4.0), cand(0.5, 1, 1, 0.4)];
+        let p = optimise_comparable(&c, &[1, 8], 10.0, 0.3, NO_SWITCH);
+        assert!(p.capacity_limited);
+        assert_eq!(p.replicas, optimise(&c, &[1, 8], 10.0).replicas);
+    }
+
+    #[test]
+    fn starting_a_new_mix_must_pay_for_its_start_up() {
+        // 10 rps: 3 h100 ($12/h) or 10 l40s ($10/h). From scratch the l40s fleet is cheaper; with
+        // 3 h100 running, its 10 new replicas' start-up (0.8 x $10) outweighs the $2/h saved.
+        let c = [cand(4.0, 1, 0, 4.0), cand(1.0, 1, 1, 1.0)];
+        let from_scratch = SwitchCost {
+            current: &[0, 0],
+            share: 0.8,
+        };
+        assert_eq!(
+            optimise_comparable(&c, &[8, 16], 10.0, 0.3, from_scratch).replicas,
+            vec![0, 10]
+        );
+        let running = SwitchCost {
+            current: &[3, 0],
+            share: 0.8,
+        };
+        assert_eq!(
+            optimise_comparable(&c, &[8, 16], 10.0, 0.3, running).replicas,
+            vec![3, 0]
+        );
+        // Without the charge the cheaper mix wins even then.
+        assert_eq!(
+            optimise_comparable(
+                &c,
+                &[8, 16],
+                10.0,
+                0.3,
+                SwitchCost {
+                    share: 0.0,
+                    ..running
+                }
+            )
+            .replicas,
+            vec![0, 10]
+        );
     }
 }

@@ -53,6 +53,11 @@ pub struct CompareArgs {
     /// Replay only the first this many seconds of the workload.
     #[arg(long, env = "GOODPUT_SIM_MAX_DURATION_S")]
     pub max_duration_s: Option<f64>,
+    /// Seed of the random draws that shape the replay: the envelope's thinning uses it, the
+    /// rate factor's copies or thinning the next integer. Other seeds give other replays of
+    /// the same trace, for spread across runs.
+    #[arg(long, env = "GOODPUT_SIM_REPLAY_SEED", default_value_t = 1)]
+    pub replay_seed: u64,
     /// Comma-separated policies. `static-peak` is the cheapest fixed fleet that reaches 99 %
     /// SLO attainment on this workload, found by simulating candidate fleets (a dozen or two
     /// extra runs), or the best fleet when none does.
@@ -360,10 +365,10 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
             period_s: args.envelope_period_s,
             phase: 0.0,
         };
-        workload = transform::apply_envelope(workload, &env, 1)?;
+        workload = transform::apply_envelope(workload, &env, args.replay_seed)?;
     }
     if let Some(f) = args.rate_factor {
-        workload = transform::thin_or_replicate(workload, f, 2)?;
+        workload = transform::thin_or_replicate(workload, f, args.replay_seed.wrapping_add(1))?;
     }
     if let Some(d) = args.max_duration_s {
         workload = transform::truncate(workload, d)?;

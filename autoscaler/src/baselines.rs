@@ -14,7 +14,9 @@
 //!   max(100 %, 4 pods) per 60 s with 30 s stabilisation, down 1 pod per 120 s with 180 s).
 //! - [`DynamoPlanner`]: NVIDIA Dynamo's SLA planner, every 180 s, replicas from the prefill and
 //!   decode throughput formulas with the engine model's throughput tables, constant predictor,
-//!   no correction factors (both documented options), aggregated mode (max of the two counts).
+//!   no correction factors (both documented options); aggregated mode (one deployment at the
+//!   max of the two counts) or, where the scenario has prefill and decode variants,
+//!   disaggregated mode (the prefill deployment at `num_p`, the decode deployment at `num_d`).
 //!
 //! Single-deployment baselines (HPA, KEDA, Dynamo) drive one `primary` variant and keep the
 //! others at their minimum; WVA and static peak see every variant.
@@ -400,13 +402,19 @@ fn prune<T>(q: &mut VecDeque<(f64, T)>, now: f64, window: f64) {
     }
 }
 
-/// NVIDIA Dynamo's SLA planner on one deployment (aggregated mode).
+/// NVIDIA Dynamo's SLA planner: one deployment (aggregated mode), or a prefill and a decode
+/// deployment (disaggregated mode, [`DynamoPlanner::disaggregated`]).
 #[derive(Debug, Clone)]
 pub struct DynamoPlanner {
+    /// The aggregated deployment, or the prefill deployment when `decode` is set.
     pub primary: usize,
+    /// The decode deployment (disaggregated mode).
+    pub decode: Option<usize>,
     pub slo: Slo,
     pub interval_s: f64,
     engine: EngineParams,
+    /// The decode variant's engine (disaggregated mode; else `engine` serves both tables).
+    decode_engine: Option<EngineParams>,
     last: Option<f64>,
 }
 
@@ -414,10 +422,26 @@ impl DynamoPlanner {
     pub fn new(primary: usize, slo: Slo, engine: EngineParams) -> Self {
         Self {
             primary,
+            decode: None,
             slo,
             interval_s: 180.0,
             engine,
+            decode_engine: None,
             last: None,
+        }
+    }
+
+    /// Disaggregated mode: `num_p` replicas of the prefill variant, `num_d` of the decode
+    /// variant, each given with its engine model (the planner's throughput tables).
+    pub fn disaggregated(
+        prefill: (usize, EngineParams),
+        decode: (usize, EngineParams),
+        slo: Slo,
+    ) -> Self {
+        Self {
+            decode: Some(decode.0),
+            decode_engine: Some(decode.1),
+            ..Self::new(prefill.0, slo, prefill.1)
         }
     }
 
@@ -441,12 +465,13 @@ impl DynamoPlanner {
     /// Decode throughput per device at the largest batch whose ITL meets `itl_s` at context
     /// `ctx`, tokens per second.
     pub fn decode_thpt_per_gpu(&self, itl_s: f64, ctx: f64) -> f64 {
-        let max_seqs = self.engine.limits.max_num_seqs.max(1) as f64;
-        let by_kv = (self.engine.kv_capacity_tokens as f64 / ctx.max(1.0)).floor();
+        let engine = self.decode_engine.as_ref().unwrap_or(&self.engine);
+        let max_seqs = engine.limits.max_num_seqs.max(1) as f64;
+        let by_kv = (engine.kv_capacity_tokens as f64 / ctx.max(1.0)).floor();
         let mut best = 0.0;
         let mut b = 1.0;
         while b <= max_seqs.min(by_kv.max(1.0)) {
-            let step = self.engine.cost.decode_step_time(b, b * ctx, 0);
+            let step = engine.cost.decode_step_time(b, b * ctx, 0);
             if step <= itl_s {
                 best = b / step;
             } else {
@@ -465,18 +490,30 @@ impl DynamoPlanner {
 
     pub fn decide(&mut self, view: &ClusterView) -> Vec<ScaleDecision> {
         let mut out = Vec::new();
-        others_to_min(view, self.primary, &mut out);
+        let scaled: Vec<usize> = std::iter::once(self.primary).chain(self.decode).collect();
+        for (i, v) in view.variants.iter().enumerate() {
+            if !scaled.contains(&i) && v.target != v.min_replicas {
+                out.push(decision(i, v.min_replicas, "not the scaled deployment"));
+            }
+        }
+        // Every scaled deployment keeps at least one endpoint.
+        let mut below_min = false;
+        for &i in &scaled {
+            let Some(v) = view.variants.get(i) else {
+                return out;
+            };
+            let lo = v.min_replicas.max(1);
+            if v.target < lo {
+                out.push(decision(i, lo, "dynamo: min_endpoint"));
+                below_min = true;
+            }
+        }
+        if below_min || self.last.is_some_and(|t| view.now_s - t < self.interval_s) {
+            return out;
+        }
         let Some(v) = view.variants.get(self.primary) else {
             return out;
         };
-        let lo = v.min_replicas.max(1);
-        if v.target < lo {
-            out.push(decision(self.primary, lo, "dynamo: min_endpoint"));
-            return out;
-        }
-        if self.last.is_some_and(|t| view.now_s - t < self.interval_s) {
-            return out;
-        }
         let Some(l) = v.load.as_ref() else {
             return out;
         };
@@ -487,11 +524,17 @@ impl DynamoPlanner {
         } else {
             3000.0
         };
-        let osl = if l.mean_output_tokens > 0.0 {
-            l.mean_output_tokens
-        } else {
-            150.0
+        // Disaggregated, the prefill workers emit one token per request: the output length is
+        // the decode workers' to report.
+        let decode_load = self
+            .decode
+            .and_then(|d| view.variants.get(d))
+            .and_then(|d| d.load.as_ref());
+        let osl_seen = match self.decode {
+            Some(_) => decode_load.map_or(0.0, |d| d.mean_output_tokens),
+            None => l.mean_output_tokens,
         };
+        let osl = if osl_seen > 0.0 { osl_seen } else { 150.0 };
         let p = self.prefill_thpt_per_gpu(isl);
         let d = self.decode_thpt_per_gpu(self.slo.itl_ms / 1e3, isl + osl / 2.0);
         let num_p = if p > 0.0 {
@@ -504,13 +547,20 @@ impl DynamoPlanner {
         } else {
             f64::from(v.max_replicas)
         };
-        let want = (num_p.max(num_d) as u32).clamp(lo, v.max_replicas.max(lo));
-        if want != v.target {
-            out.push(decision(
-                self.primary,
-                want,
-                &format!("dynamo: num_p {num_p} num_d {num_d}"),
-            ));
+        let reason = format!("dynamo: num_p {num_p} num_d {num_d}");
+        let targets: Vec<(usize, f64)> = match self.decode {
+            Some(dec) => vec![(self.primary, num_p), (dec, num_d)],
+            None => vec![(self.primary, num_p.max(num_d))],
+        };
+        for (i, want) in targets {
+            let Some(v) = view.variants.get(i) else {
+                continue;
+            };
+            let lo = v.min_replicas.max(1);
+            let want = (want as u32).clamp(lo, v.max_replicas.max(lo));
+            if want != v.target {
+                out.push(decision(i, want, &reason));
+            }
         }
         out
     }

@@ -9,12 +9,17 @@
 //! keeps the policy consistent with the simulator's physics, and in production it is the same
 //! calibrated model of a vLLM replica.
 //!
+//! A variant's role shapes its probe: a prefill replica gets prompts with one output token and
+//! must return that token within `PREFILL_TTFT_SHARE` of the TTFT target; a decode replica gets
+//! requests whose prompt KV arrives computed and must hold the ITL target and start within the
+//! rest of the TTFT target. The rate a P/D pair carries is then the smaller of the two.
+//!
 //! Data flow: `LoadShape` + variant index -> cached probe -> requests per second per replica.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use goodput_core::Slo;
+use goodput_core::{Role, Slo};
 use goodput_sim::engine::{Engine, EngineParams, EngineRequest, Finished};
 
 /// The shape of the load a variant serves, as the metrics show it.
@@ -47,6 +52,13 @@ impl LoadShape {
         }
     }
 }
+
+/// Share of the TTFT target a prefill replica may take; the decode replica's first step (its
+/// admission and one decode step after the KV transfer) gets the rest.
+pub const PREFILL_TTFT_SHARE: f64 = 0.8;
+
+/// Most requests one probe runs (its cost bounds the first decision on a new load shape).
+pub const MAX_PROBE_REQUESTS: usize = 4000;
 
 /// Sustainable load per replica.
 pub trait CapacityModel {
@@ -93,22 +105,49 @@ impl EngineCapacity {
     }
 
     fn meets(&self, params: &EngineParams, shape: &LoadShape, rate: f64) -> bool {
-        let n = ((rate * 150.0) as usize).clamp(200, 1200);
+        // Disaggregated, a request's TTFT is its prefill plus its first step on the decode
+        // replica (after the KV transfer): each stage gets its share of the target.
+        let ttft_budget_ms = self.slo.ttft_ms
+            * match params.role {
+                Role::Unified => 1.0,
+                Role::Prefill => PREFILL_TTFT_SHARE,
+                Role::Decode => 1.0 - PREFILL_TTFT_SHARE,
+            };
+        // Judge the steady state only: skip the requests that arrive while the batch is still
+        // filling (two lifetimes of a request at the ITL target) and those arriving in the
+        // last lifetime, which finish while it empties. Long answers need long probes: with
+        // 600-token answers a request lives up to 36 s at 60 ms, and a probe judged from its
+        // first seconds rated a decode replica 20 % above what it holds.
+        let life_s = if params.role == Role::Prefill {
+            0.0
+        } else {
+            shape.mean_output_tokens.max(1.0) * self.slo.itl_ms / 1e3
+        };
+        let warm_n = (rate * 2.0 * life_s).ceil() as usize;
+        let tail_n = (rate * life_s).ceil() as usize;
+        let n = ((rate * 150.0) as usize)
+            .clamp(200, 1200)
+            .max(warm_n + tail_n + (rate * 120.0) as usize)
+            .min(MAX_PROBE_REQUESTS);
         let finished = probe(params, shape, rate, n);
-        let warm = n / 10;
+        let warm = (n / 10).max(warm_n).min(n / 2);
+        let end = n.saturating_sub(tail_n).max(warm + 1);
         let mut ok = 0usize;
         let mut total = 0usize;
-        for f in finished.iter().filter(|f| f.id as usize >= warm) {
+        for f in finished
+            .iter()
+            .filter(|f| f.id as usize >= warm && (f.id as usize) < end)
+        {
             total += 1;
             let Some(first) = f.first_token_s else {
                 continue;
             };
-            let ttft_ok = (first - f.arrival_s) * 1e3 <= self.slo.ttft_ms;
+            let ttft_ok = (first - f.arrival_s) * 1e3 <= ttft_budget_ms;
             let itl_ok = f.output_tokens <= 1
                 || (f.finish_s - first) / (f.output_tokens - 1) as f64 * 1e3 <= self.slo.itl_ms;
             ok += usize::from(ttft_ok && itl_ok && !f.rejected);
         }
-        let expected = n - warm;
+        let expected = end - warm;
         // Requests that never finished count as misses.
         total > 0 && ok as f64 >= self.quantile * expected.max(total) as f64
     }
@@ -198,6 +237,13 @@ fn probe(params: &EngineParams, shape: &LoadShape, rate: f64, n: usize) -> Vec<F
             .exp(shape.mean_output_tokens)
             .clamp(1.0, 4.0 * shape.mean_output_tokens.max(1.0))
             .round() as u32;
+        // A prefill replica computes the prompt and its first token, then hands the KV cache
+        // to a decode replica, which starts from the transferred prompt.
+        let output = if params.role == Role::Prefill {
+            1
+        } else {
+            output
+        };
         let input = rng
             .exp(shape.mean_input_tokens)
             .clamp(1.0, 4.0 * shape.mean_input_tokens.max(1.0))
@@ -227,7 +273,7 @@ fn probe(params: &EngineParams, shape: &LoadShape, rate: f64, n: usize) -> Vec<F
             output_tokens: output,
             hash_ids,
             hash_block_tokens: block,
-            kv_transferred: false,
+            kv_transferred: params.role == Role::Decode,
         };
         if let Some(f) = engine.enqueue(t, req) {
             out.push(f);

@@ -6,6 +6,7 @@
 //! static baseline the cheapest fixed fleet that holds the SLO on this very workload, found by
 //! simulating candidates) -> `goodput_sim::run::simulate` -> `RunReport`s -> [`compare_json`].
 
+use goodput_core::Role;
 use goodput_sim::cluster::resolve_variants;
 use goodput_sim::policy::Autoscaler;
 use goodput_sim::report::RunReport;
@@ -16,7 +17,7 @@ use goodput_sim::workload::Workload;
 use crate::baselines::{DynamoPlanner, HpaKv, KedaSlo, StaticPeak, WvaSaturation};
 use crate::capacity::{CapacityModel, EngineCapacity, LoadShape};
 use crate::goodput::{GoodputConfig, GoodputPolicy};
-use crate::optimizer::{Candidate, optimise};
+use crate::optimizer::{Candidate, optimise, plan_by_role};
 
 /// Policies `prepare` knows.
 pub const POLICIES: &[&str] = &[
@@ -110,9 +111,14 @@ pub fn size_static_fleet(
             .map(|(c, &r)| c.price_per_hour * f64::from(r))
             .sum()
     };
-    // Families of fleets indexed by size, each growing with its index.
+    let roles: Vec<Role> = scenario.variants.iter().map(|v| v.role).collect();
+    // Families of fleets indexed by size, each growing with its index: each unified variant
+    // alone (one stage of disaggregated serving alone serves nothing), and goodput's mix.
     let mut families: Vec<(u32, FleetOfSize<'_>)> = Vec::new();
     for (i, c) in cands.iter().enumerate() {
+        if roles.get(i).is_some_and(|&r| r != Role::Unified) {
+            continue;
+        }
         let room = pool_caps
             .get(c.pool)
             .map_or(0, |&cap| cap / c.devices.max(1))
@@ -133,7 +139,16 @@ pub fn size_static_fleet(
     }
     families.push((
         STATIC_MIX_STEPS,
-        Box::new(move |n| optimise(cands, pool_caps, peak_rate * f64::from(n) / 10.0).replicas),
+        Box::new(move |n| {
+            plan_by_role(
+                cands,
+                &roles,
+                pool_caps,
+                peak_rate * f64::from(n) / 10.0,
+                optimise,
+            )
+            .replicas
+        }),
     ));
     let mut best: Option<StaticFleet> = None;
     for (top, fleet_of) in &families {
@@ -273,18 +288,29 @@ pub fn prepare_with(
         })
         .collect();
     // A variant capped at zero replicas cannot be the one a single-variant baseline scales.
-    let primary = (0..cands.len())
-        .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0)
-        .min_by(|&a, &b| {
-            let ra = cands[a].price_per_hour / cands[a].rate_per_replica;
-            let rb = cands[b].price_per_hour / cands[b].rate_per_replica;
-            ra.total_cmp(&rb)
-        })
-        .unwrap_or(0);
+    let roles: Vec<Role> = variants.iter().map(|v| v.role).collect();
+    // The best single deployment of a role by price per unit of probed capacity.
+    let best_of = |role: Role| {
+        (0..cands.len())
+            .filter(|&i| {
+                roles[i] == role && cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0
+            })
+            .min_by(|&a, &b| {
+                let ra = cands[a].price_per_hour / cands[a].rate_per_replica;
+                let rb = cands[b].price_per_hour / cands[b].rate_per_replica;
+                ra.total_cmp(&rb)
+            })
+    };
+    // Single-deployment baselines scale a unified variant; where there is none, the prefill
+    // variant (and Dynamo's planner, in disaggregated mode, the decode partner as well).
+    let (primary, decode_partner) = match best_of(Role::Unified) {
+        Some(u) => (u, None),
+        None => (best_of(Role::Prefill).unwrap_or(0), best_of(Role::Decode)),
+    };
     let single = matches!(name, "hpa-kv" | "keda-slo" | "dynamo-planner");
     if single {
         for (i, c) in cands.iter_mut().enumerate() {
-            if i != primary {
+            if i != primary && Some(i) != decode_partner {
                 c.rate_per_replica = 0.0;
             }
         }
@@ -292,10 +318,13 @@ pub fn prepare_with(
     let mut start = if name == "static-peak" {
         size_static_fleet(&scenario, workload, &cands, &pool_caps, peak)?.replicas
     } else {
-        optimise(&cands, &pool_caps, initial * 1.1).replicas
+        plan_by_role(&cands, &roles, &pool_caps, initial * 1.1, optimise).replicas
     };
     if start.iter().sum::<u32>() == 0 && !start.is_empty() {
         start[primary] = 1;
+        if let Some(d) = decode_partner {
+            start[d] = 1;
+        }
     }
     for (v, r) in scenario.variants.iter_mut().zip(&start) {
         v.replicas = *r;
@@ -315,11 +344,14 @@ pub fn prepare_with(
         "hpa-kv" => Box::new(HpaKv::new(primary, 0.7)),
         "wva-saturation" => Box::new(WvaSaturation::default()),
         "keda-slo" => Box::new(KedaSlo::new(primary, slo)),
-        _ => Box::new(DynamoPlanner::new(
-            primary,
-            slo,
-            variants[primary].engine.clone(),
-        )),
+        _ => Box::new(match decode_partner {
+            Some(d) => DynamoPlanner::disaggregated(
+                (primary, variants[primary].engine.clone()),
+                (d, variants[d].engine.clone()),
+                slo,
+            ),
+            None => DynamoPlanner::new(primary, slo, variants[primary].engine.clone()),
+        }),
     };
     Ok(Prepared {
         scenario,

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 
 use crate::capacity::LoadShape;
-use goodput_core::VariantLoad;
+use goodput_core::{Role, VariantLoad};
 
 /// The model-wide load seen at one decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,15 +30,32 @@ pub struct LoadEstimate {
 /// Seconds over which a waiting backlog should be drained; it is counted as extra arrivals.
 pub const BACKLOG_DRAIN_S: f64 = 60.0;
 
-/// Folds per-variant loads (`None`: no data) with their ready replica counts into one estimate.
-/// Data older than `stale_after_s` makes the estimate not fresh.
+/// Folds per-variant loads (`None`: no data) with their ready replica counts into one estimate,
+/// every variant serving whole requests. Data older than `stale_after_s` makes the estimate
+/// not fresh.
 pub fn estimate(loads: &[(Option<&VariantLoad>, u32)], stale_after_s: f64) -> LoadEstimate {
+    let with_roles: Vec<_> = loads.iter().map(|&(l, r)| (l, r, Role::Unified)).collect();
+    estimate_by_role(&with_roles, stale_after_s)
+}
+
+/// [`estimate`] where variants may serve one stage of disaggregated serving. Every request
+/// passes a unified or a prefill variant once, so arrivals, the waiting backlog, prompt lengths
+/// and prefix hits come from those; a prefill replica reports one output token per request,
+/// so output lengths come from unified and decode variants. (Counting the decode stage's
+/// finished requests too would see every disaggregated request twice.)
+pub fn estimate_by_role(
+    loads: &[(Option<&VariantLoad>, u32, Role)],
+    stale_after_s: f64,
+) -> LoadEstimate {
     let mut rate = 0.0;
     let mut waiting = 0.0;
-    let (mut wi, mut wo, mut wh, mut w) = (0.0, 0.0, 0.0, 0.0);
+    let (mut wi, mut wh, mut w) = (0.0, 0.0, 0.0);
+    let (mut wo, mut w_out) = (0.0, 0.0);
     let (mut p90i, mut p90o): (Option<f64>, Option<f64>) = (None, None);
     let mut fresh = true;
-    for (load, ready) in loads {
+    for (load, ready, role) in loads {
+        let entry = *role != Role::Decode;
+        let emits_output = *role != Role::Prefill;
         match load {
             None => {
                 if *ready > 0 {
@@ -50,19 +67,26 @@ pub fn estimate(loads: &[(Option<&VariantLoad>, u32)], stale_after_s: f64) -> Lo
                     fresh = false;
                 }
                 let r = l.request_rate.max(0.0);
-                rate += r;
-                waiting += l.waiting.max(0.0);
-                if r > 0.0 && l.mean_prompt_tokens > 0.0 {
-                    wi += r * l.mean_prompt_tokens;
-                    wo += r * l.mean_output_tokens.max(1.0);
-                    wh += r * l.prefix_hit_rate.clamp(0.0, 1.0);
-                    w += r;
+                if entry {
+                    rate += r;
+                    waiting += l.waiting.max(0.0);
+                    if r > 0.0 && l.mean_prompt_tokens > 0.0 {
+                        wi += r * l.mean_prompt_tokens;
+                        wh += r * l.prefix_hit_rate.clamp(0.0, 1.0);
+                        w += r;
+                    }
+                    if let Some(p) = l.p90_prompt_tokens {
+                        p90i = Some(p90i.map_or(p, |q| q.max(p)));
+                    }
                 }
-                if let Some(p) = l.p90_prompt_tokens {
-                    p90i = Some(p90i.map_or(p, |q| q.max(p)));
-                }
-                if let Some(p) = l.p90_output_tokens {
-                    p90o = Some(p90o.map_or(p, |q| q.max(p)));
+                if emits_output {
+                    if r > 0.0 && l.mean_prompt_tokens > 0.0 {
+                        wo += r * l.mean_output_tokens.max(1.0);
+                        w_out += r;
+                    }
+                    if let Some(p) = l.p90_output_tokens {
+                        p90o = Some(p90o.map_or(p, |q| q.max(p)));
+                    }
                 }
             }
         }
@@ -70,7 +94,7 @@ pub fn estimate(loads: &[(Option<&VariantLoad>, u32)], stale_after_s: f64) -> Lo
     let shape = if w > 0.0 {
         LoadShape {
             mean_input_tokens: wi / w,
-            mean_output_tokens: wo / w,
+            mean_output_tokens: if w_out > 0.0 { wo / w_out } else { 0.0 },
             prefix_hit_rate: wh / w,
         }
     } else {
@@ -284,5 +308,55 @@ mod tests {
         assert!(!estimate(&[(Some(&l), 1), (None, 2)], 120.0).fresh);
         let old = VariantLoad { age_s: 500.0, ..l };
         assert!(!estimate(&[(Some(&old), 1)], 120.0).fresh);
+    }
+
+    #[test]
+    fn disaggregated_requests_count_once_with_the_decode_stage_lengths() {
+        // 4 req/s pass the prefill stage (one output token each, 6 waiting) and then the
+        // decode stage (the real answers; its waiting requests were already counted).
+        let prefill = VariantLoad {
+            request_rate: 4.0,
+            mean_prompt_tokens: 3000.0,
+            mean_output_tokens: 1.0,
+            prefix_hit_rate: 0.2,
+            waiting: 6.0,
+            ..Default::default()
+        };
+        let decode = VariantLoad {
+            request_rate: 4.0,
+            mean_prompt_tokens: 3000.0,
+            mean_output_tokens: 500.0,
+            waiting: 30.0,
+            ..Default::default()
+        };
+        let e = estimate_by_role(
+            &[
+                (Some(&prefill), 2, Role::Prefill),
+                (Some(&decode), 3, Role::Decode),
+            ],
+            120.0,
+        );
+        assert!((e.rate - 4.1).abs() < 1e-9, "{}", e.rate);
+        assert_eq!(e.shape.mean_input_tokens, 3000.0);
+        assert_eq!(e.shape.mean_output_tokens, 500.0);
+        assert!((e.shape.prefix_hit_rate - 0.2).abs() < 1e-9);
+        // Unified variants beside them add their own requests and lengths.
+        let unified = VariantLoad {
+            request_rate: 1.0,
+            mean_prompt_tokens: 1000.0,
+            mean_output_tokens: 100.0,
+            ..Default::default()
+        };
+        let e = estimate_by_role(
+            &[
+                (Some(&prefill), 2, Role::Prefill),
+                (Some(&decode), 3, Role::Decode),
+                (Some(&unified), 1, Role::Unified),
+            ],
+            120.0,
+        );
+        assert!((e.rate - 5.1).abs() < 1e-9);
+        assert!((e.shape.mean_input_tokens - 2600.0).abs() < 1e-9);
+        assert!((e.shape.mean_output_tokens - 420.0).abs() < 1e-9);
     }
 }

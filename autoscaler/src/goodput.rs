@@ -25,8 +25,11 @@ use std::collections::VecDeque;
 use goodput_sim::policy::{ClusterView, ScaleDecision};
 
 use crate::capacity::{CapacityModel, LoadShape};
-use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate};
-use crate::optimizer::{Candidate, SwitchCost, optimise, optimise_comparable};
+use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate_by_role};
+use crate::optimizer::{
+    Candidate, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
+};
+use goodput_core::Role;
 
 /// Tuning of goodput's policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,9 +198,9 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         let loads: Vec<_> = view
             .variants
             .iter()
-            .map(|v| (v.load.as_ref(), v.ready))
+            .map(|v| (v.load.as_ref(), v.ready, v.role))
             .collect();
-        let mut est = estimate(&loads, self.cfg.stale_after_s);
+        let mut est = estimate_by_role(&loads, self.cfg.stale_after_s);
         // Requests running but none finished yet in the window: the rate is not known yet.
         let running: f64 = view
             .variants
@@ -213,6 +216,13 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         }
         // Learn the shape only from enough traffic (about 30 requests a minute): a handful of
         // requests says little about the lengths.
+        if est.shape.mean_output_tokens <= 0.0 {
+            // No stage that emits the answers has reported yet (decode replicas starting).
+            est.shape.mean_output_tokens = self
+                .last_shape
+                .unwrap_or(self.cfg.default_shape)
+                .mean_output_tokens;
+        }
         let shape = if est.shape.mean_input_tokens > 0.0 && est.rate >= 0.5 {
             // Smoothed, so that one odd minute does not reshuffle the mix.
             let s = match self.last_shape {
@@ -334,13 +344,11 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .max(self.cfg.interval_s)
                     .max(1.0),
         };
-        let mut plan = optimise_comparable(
-            &cands,
-            &pool_caps,
-            fc.provision_rate,
-            self.cfg.min_speed_ratio,
-            switch,
-        );
+        // Prefill and decode variants are sized together: each stage for the whole demand.
+        let roles: Vec<Role> = view.variants.iter().map(|v| v.role).collect();
+        let mut plan = plan_by_role(&cands, &roles, &pool_caps, fc.provision_rate, |c, p, d| {
+            optimise_comparable(c, p, d, self.cfg.min_speed_ratio, switch)
+        });
         // What scale-down may go to: the plan with more replicas of the variants it uses until
         // it carries the need plus the hysteresis band, so that a fleet just shrunk still has
         // the band's headroom and the next uptick in the noise does not scale it straight back
@@ -355,10 +363,12 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 ..*c
             })
             .collect();
-        let mut band_plan = optimise(
+        let mut band_plan = plan_by_role(
             &band_cands,
+            &roles,
             &pool_caps,
             fc.provision_rate * (1.0 + self.cfg.hysteresis.max(0.0)),
+            optimise,
         );
         if band_plan.capacity_limited {
             band_plan = plan.clone();
@@ -374,16 +384,31 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         } else {
             self.cfg.min_total_replicas.max(1)
         };
-        // Keep the floor (the cheapest usable variant).
-        let best = (0..cands.len())
-            .filter(|&i| cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0)
-            .min_by(|&a, &b| cands[a].price_per_hour.total_cmp(&cands[b].price_per_hour));
+        // Keep the floor: the cheapest usable unified variant, or else the cheapest prefill and
+        // decode variants together (one stage alone serves nothing).
+        let cheapest = |role: Role| {
+            (0..cands.len())
+                .filter(|&i| {
+                    roles[i] == role && cands[i].rate_per_replica > 0.0 && cands[i].max_replicas > 0
+                })
+                .min_by(|&a, &b| cands[a].price_per_hour.total_cmp(&cands[b].price_per_hour))
+        };
+        let keep: Vec<usize> = match cheapest(Role::Unified) {
+            Some(u) => vec![u],
+            None => [cheapest(Role::Prefill), cheapest(Role::Decode)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
         for replicas in [&mut plan.replicas, &mut band_plan.replicas] {
             let total: u32 = replicas.iter().sum();
-            if let Some(b) = best
-                && total < floor
+            if total < floor
+                && let Some((&first, rest)) = keep.split_first()
             {
-                replicas[b] += floor - total;
+                replicas[first] += floor - total;
+                for &k in rest {
+                    replicas[k] = replicas[k].max(1);
+                }
             }
         }
         let now = view.now_s;
@@ -398,11 +423,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         // Scale-down needs the *ready* fleet to exceed the need: replicas still starting count
         // against scaling up again (the plan is compared with targets), but never as capacity
         // that lets ready replicas go before their replacements serve.
-        let current_cap: f64 = cands
-            .iter()
-            .zip(&view.variants)
-            .map(|(c, v)| c.rate_per_replica * v.ready as f64)
-            .sum();
+        let ready: Vec<u32> = view.variants.iter().map(|v| v.ready).collect();
+        let current_cap = carried_rate(&cands, &roles, &ready);
         let need = fc.provision_rate;
         // Scale down only on fresh data, after a full window of plans, above the hysteresis band.
         let observed_window = self

@@ -10,6 +10,8 @@
 //! pools cannot carry the demand, they are filled with the variants giving the most capacity per
 //! device (`Plan::capacity_limited`).
 
+use goodput_core::Role;
+
 /// One variant as the optimiser sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
@@ -233,6 +235,115 @@ pub fn optimise_comparable(
     best.map_or(plain, |(_, p)| p)
 }
 
+/// Cheapest plan for `demand` when some variants serve one stage of disaggregated serving.
+///
+/// A unified variant serves whole requests; prefill and decode variants serve every request of
+/// the disaggregated path in turn, so that path needs prefill capacity *and* decode capacity
+/// for the demand, sized together from the same forecast (the probes' per-replica rates carry
+/// the ratio: long prompts or few prefix hits make prefill replicas slower, long outputs make
+/// decode replicas slower). `plan` sizes one set of interchangeable variants (others masked
+/// out); decode is planned in the pool capacity prefill leaves. With both unified and P/D
+/// variants, the cheaper of the unified plan and the P/D plan that carries the demand wins
+/// (one path per model, not a split). Every variant keeps its minimum.
+pub fn plan_by_role(
+    cands: &[Candidate],
+    roles: &[Role],
+    pool_capacity: &[u32],
+    demand: f64,
+    mut plan: impl FnMut(&[Candidate], &[u32], f64) -> Plan,
+) -> Plan {
+    let has = |r: Role| roles.contains(&r);
+    if !(has(Role::Prefill) && has(Role::Decode)) {
+        return plan(cands, pool_capacity, demand);
+    }
+    let only = |role: Role| -> Vec<Candidate> {
+        cands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if roles.get(i) == Some(&role) {
+                    *c
+                } else {
+                    Candidate {
+                        rate_per_replica: 0.0,
+                        min_replicas: 0,
+                        max_replicas: 0,
+                        ..*c
+                    }
+                }
+            })
+            .collect()
+    };
+    let prefill = plan(&only(Role::Prefill), pool_capacity, demand);
+    let mut left: Vec<u32> = pool_capacity.to_vec();
+    for (c, &r) in cands.iter().zip(&prefill.replicas) {
+        if let Some(f) = left.get_mut(c.pool) {
+            *f = f.saturating_sub(r * c.devices);
+        }
+    }
+    let decode = plan(&only(Role::Decode), &left, demand);
+    let disaggregated = Plan {
+        replicas: prefill
+            .replicas
+            .iter()
+            .zip(&decode.replicas)
+            .map(|(a, b)| a + b)
+            .collect(),
+        cost_per_hour: prefill.cost_per_hour + decode.cost_per_hour,
+        capacity_rate: prefill.capacity_rate.min(decode.capacity_rate),
+        capacity_limited: prefill.capacity_limited || decode.capacity_limited,
+    };
+    let chosen = if has(Role::Unified) {
+        let unified = plan(&only(Role::Unified), pool_capacity, demand);
+        let unified_wins = match (unified.capacity_limited, disaggregated.capacity_limited) {
+            (false, false) => unified.cost_per_hour <= disaggregated.cost_per_hour,
+            (false, true) => true,
+            (true, false) => false,
+            (true, true) => unified.capacity_rate >= disaggregated.capacity_rate,
+        };
+        if unified_wins { unified } else { disaggregated }
+    } else {
+        disaggregated
+    };
+    with_minimums(cands, chosen)
+}
+
+/// `plan` with every variant at least at its minimum (a masked-out stage keeps its floor).
+fn with_minimums(cands: &[Candidate], mut plan: Plan) -> Plan {
+    for (r, c) in plan.replicas.iter_mut().zip(cands) {
+        *r = (*r).max(c.min_replicas.min(c.max_replicas));
+    }
+    plan.cost_per_hour = cands
+        .iter()
+        .zip(&plan.replicas)
+        .map(|(c, &r)| c.price_per_hour * f64::from(r))
+        .sum();
+    plan
+}
+
+/// The request rate `replicas` carry: the unified variants' capacity plus, where prefill and
+/// decode variants exist, the smaller of the two stages' capacities.
+pub fn carried_rate(cands: &[Candidate], roles: &[Role], replicas: &[u32]) -> f64 {
+    let stage = |role: Role| -> f64 {
+        cands
+            .iter()
+            .zip(replicas)
+            .enumerate()
+            .filter(|(i, _)| roles.get(*i).copied().unwrap_or(Role::Unified) == role)
+            .map(|(_, (c, &r))| c.rate_per_replica * f64::from(r))
+            .sum()
+    };
+    let has = |r: Role| roles.contains(&r);
+    let unified: f64 = stage(Role::Unified);
+    if has(Role::Prefill) && has(Role::Decode) {
+        unified + stage(Role::Prefill).min(stage(Role::Decode))
+    } else {
+        // Without both stages a lone prefill or decode variant carries nothing; without roles
+        // every variant is unified.
+        unified
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +460,52 @@ mod tests {
             )
             .replicas,
             vec![0, 10]
+        );
+    }
+
+    #[test]
+    fn prefill_and_decode_each_carry_the_whole_demand() {
+        // Prefill 4 rps per replica, decode 2: 8 rps needs 2 prefill and 4 decode replicas,
+        // all on one 8-device pool.
+        let c = [cand(1.0, 1, 0, 4.0), cand(1.0, 1, 0, 2.0)];
+        let roles = [Role::Prefill, Role::Decode];
+        let p = plan_by_role(&c, &roles, &[8], 8.0, optimise);
+        assert_eq!(p.replicas, vec![2, 4]);
+        assert!(!p.capacity_limited);
+        assert_eq!(p.capacity_rate, 8.0);
+        assert_eq!(carried_rate(&c, &roles, &p.replicas), 8.0);
+        // One stage alone carries nothing.
+        assert_eq!(carried_rate(&c, &roles, &[5, 0]), 0.0);
+        // Decode is planned in what prefill leaves of the pool.
+        let p = plan_by_role(&c, &roles, &[5], 8.0, optimise);
+        assert!(p.capacity_limited);
+        assert!(p.replicas.iter().sum::<u32>() <= 5);
+    }
+
+    #[test]
+    fn the_cheaper_path_wins_between_unified_and_disaggregated() {
+        // Unified 3 rps for $2; prefill 6 rps and decode 6 rps for $1 each: 12 rps costs $8
+        // unified (4 replicas) or $4 disaggregated (2 + 2).
+        let mut c = [
+            cand(2.0, 1, 0, 3.0),
+            cand(1.0, 1, 0, 6.0),
+            cand(1.0, 1, 0, 6.0),
+        ];
+        let roles = [Role::Unified, Role::Prefill, Role::Decode];
+        assert_eq!(
+            plan_by_role(&c, &roles, &[16], 12.0, optimise).replicas,
+            vec![0, 2, 2]
+        );
+        c[0].price_per_hour = 0.5;
+        assert_eq!(
+            plan_by_role(&c, &roles, &[16], 12.0, optimise).replicas,
+            vec![4, 0, 0]
+        );
+        // Minimums of the path not taken still hold.
+        c[1].min_replicas = 1;
+        assert_eq!(
+            plan_by_role(&c, &roles, &[16], 12.0, optimise).replicas,
+            vec![4, 1, 0]
         );
     }
 }

@@ -28,7 +28,7 @@ use crate::crd::{
     ModelAutoscalerStatus, ScaleTargetRef, VariantStatus,
 };
 use crate::export::{Direction, ErrorReason};
-use crate::forecast::{Forecast, Forecaster, estimate};
+use crate::forecast::{Forecast, Forecaster, estimate_by_role};
 use crate::goodput::GoodputPolicy;
 use crate::metrics::Observation;
 
@@ -453,12 +453,12 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         }
         Ok(_) => {
             let est = {
-                let pairs: Vec<(Option<&VariantLoad>, u32)> = view
+                let loads: Vec<(Option<&VariantLoad>, u32, Role)> = view
                     .variants
                     .iter()
-                    .map(|v| (v.load.as_ref(), v.ready))
+                    .map(|v| (v.load.as_ref(), v.ready, v.role))
                     .collect();
-                estimate(&pairs, state.setup.config.stale_after_s)
+                estimate_by_role(&loads, state.setup.config.stale_after_s)
             };
             let running: f64 = loads.iter().flatten().map(|l| l.running).sum();
             let fresh = est.fresh && !(est.rate <= 0.0 && running > 0.0);
@@ -676,12 +676,12 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         .sum();
     let arrival = match &snap.metrics {
         Ok(_) => {
-            let pairs: Vec<(Option<&VariantLoad>, u32)> = loads
+            let with_roles: Vec<(Option<&VariantLoad>, u32, Role)> = loads
                 .iter()
                 .zip(&view.variants)
-                .map(|(l, v)| (l.as_ref(), v.ready))
+                .map(|(l, v)| (l.as_ref(), v.ready, v.role))
                 .collect();
-            estimate(&pairs, f64::INFINITY).rate
+            estimate_by_role(&with_roles, f64::INFINITY).rate
         }
         Err(_) => prev.and_then(|p| p.load).map_or(0.0, |l| l.arrival_rate),
     };

@@ -242,7 +242,9 @@ pub fn optimise_comparable(
 /// for the demand, sized together from the same forecast (the probes' per-replica rates carry
 /// the ratio: long prompts or few prefix hits make prefill replicas slower, long outputs make
 /// decode replicas slower). `plan` sizes one set of interchangeable variants (others masked
-/// out); decode is planned in the pool capacity prefill leaves. With both unified and P/D
+/// out); decode is planned in the pool capacity prefill leaves (after the decode variants'
+/// minimums), and when the pools cannot carry the demand, both stages are sized for the
+/// largest rate they carry together. With both unified and P/D
 /// variants, the cheaper of the unified plan and the P/D plan that carries the demand wins
 /// (one path per model, not a split). Every variant keeps its minimum.
 pub fn plan_by_role(
@@ -274,27 +276,65 @@ pub fn plan_by_role(
             })
             .collect()
     };
-    let prefill = plan(&only(Role::Prefill), pool_capacity, demand);
-    let mut left: Vec<u32> = pool_capacity.to_vec();
-    for (c, &r) in cands.iter().zip(&prefill.replicas) {
-        if let Some(f) = left.get_mut(c.pool) {
-            *f = f.saturating_sub(r * c.devices);
+    let prefill_cands = only(Role::Prefill);
+    let decode_cands = only(Role::Decode);
+    // The devices other roles' minimums hold (every variant keeps its minimum, whichever path
+    // is chosen) are not a sub-plan's to take.
+    let besides = |keep: &[Role]| -> Vec<u32> {
+        let mut free: Vec<u32> = pool_capacity.to_vec();
+        for (c, r) in cands.iter().zip(roles) {
+            if !keep.contains(r)
+                && let Some(f) = free.get_mut(c.pool)
+            {
+                *f = f.saturating_sub(c.min_replicas.min(c.max_replicas) * c.devices);
+            }
         }
-    }
-    let decode = plan(&only(Role::Decode), &left, demand);
-    let disaggregated = Plan {
-        replicas: prefill
-            .replicas
-            .iter()
-            .zip(&decode.replicas)
-            .map(|(a, b)| a + b)
-            .collect(),
-        cost_per_hour: prefill.cost_per_hour + decode.cost_per_hour,
-        capacity_rate: prefill.capacity_rate.min(decode.capacity_rate),
-        capacity_limited: prefill.capacity_limited || decode.capacity_limited,
+        free
     };
+    let for_prefill = besides(&[Role::Prefill]);
+    let for_decode = besides(&[Role::Prefill, Role::Decode]);
+    let mut both_stages = |rate: f64| -> Plan {
+        let prefill = plan(&prefill_cands, &for_prefill, rate);
+        let mut left = for_decode.clone();
+        for (c, &r) in cands.iter().zip(&prefill.replicas) {
+            if let Some(f) = left.get_mut(c.pool) {
+                *f = f.saturating_sub(r * c.devices);
+            }
+        }
+        let decode = plan(&decode_cands, &left, rate);
+        Plan {
+            replicas: prefill
+                .replicas
+                .iter()
+                .zip(&decode.replicas)
+                .map(|(a, b)| a + b)
+                .collect(),
+            cost_per_hour: prefill.cost_per_hour + decode.cost_per_hour,
+            capacity_rate: prefill.capacity_rate.min(decode.capacity_rate),
+            capacity_limited: prefill.capacity_limited || decode.capacity_limited,
+        }
+    };
+    let mut disaggregated = both_stages(demand);
+    if disaggregated.capacity_limited {
+        // The pools cannot carry the demand: the largest rate both stages carry together,
+        // rather than prefill filling the pools and leaving decode nothing.
+        let (mut lo, mut hi) = (0.0, demand);
+        let mut best = both_stages(0.0);
+        for _ in 0..24 {
+            let mid = 0.5 * (lo + hi);
+            let p = both_stages(mid);
+            if p.capacity_limited {
+                hi = mid;
+            } else {
+                lo = mid;
+                best = p;
+            }
+        }
+        best.capacity_limited = true;
+        disaggregated = best;
+    }
     let chosen = if has(Role::Unified) {
-        let unified = plan(&only(Role::Unified), pool_capacity, demand);
+        let unified = plan(&only(Role::Unified), &besides(&[Role::Unified]), demand);
         let unified_wins = match (unified.capacity_limited, disaggregated.capacity_limited) {
             (false, false) => unified.cost_per_hour <= disaggregated.cost_per_hour,
             (false, true) => true,

@@ -1,14 +1,16 @@
 //! Property tests of the decision invariants: whatever the snapshot, goodput's targets stay
 //! within min/max and pool capacity; more load never leaves less capacity than the load (nor, for
-//! one variant, fewer replicas); the optimiser covers the demand within limits; and the
-//! baselines respect min/max too.
+//! one variant, fewer replicas); the optimiser covers the demand within limits, with prefill
+//! and decode variants each stage for the whole demand; and the baselines respect min/max too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use goodput_autoscaler::baselines::{HpaKv, KedaSlo, WvaSaturation};
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
-use goodput_autoscaler::optimizer::{Candidate, optimise};
+use goodput_autoscaler::optimizer::{
+    Candidate, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
+};
 use goodput_core::{Role, Slo, VariantLoad};
 use goodput_sim::policy::{ClusterView, PoolView, ScaleDecision, VariantView};
 use proptest::prelude::*;
@@ -57,9 +59,10 @@ fn case() -> impl Strategy<Value = Case> {
                 ),
                 prop::collection::vec(4u32..40, 4),
                 0.0f64..4000.0,
+                any::<bool>(),
             )
         })
-        .prop_map(|(vs, caps, now)| {
+        .prop_map(|(vs, caps, now, disaggregated)| {
             let mut variants = Vec::new();
             let mut rates = Vec::new();
             for (i, (pool, tp, price, min, span, target, rate, kv, waiting, cap)) in
@@ -82,6 +85,11 @@ fn case() -> impl Strategy<Value = Case> {
                     load: (target > 0).then(|| load(rate, kv, waiting)),
                 });
                 rates.push(cap);
+            }
+            // Half the cases serve disaggregated: the first variant prefills, the second decodes.
+            if disaggregated && variants.len() >= 2 {
+                variants[0].role = Role::Prefill;
+                variants[1].role = Role::Decode;
             }
             // Pools big enough for the minimums and the current targets.
             let pools = (0..4)
@@ -193,13 +201,28 @@ proptest! {
         let ta = apply(&c.view, &a.decide(&c.view));
         let more = scaled(&c.view, f);
         let tb = apply(&more, &b.decide(&more));
-        let cap = |t: &[u32]| t.iter().zip(&c.rates).map(|(&n, r)| n as f64 * r).sum::<f64>();
+        let roles: Vec<Role> = c.view.variants.iter().map(|v| v.role).collect();
+        let cands: Vec<Candidate> = c
+            .rates
+            .iter()
+            .map(|&r| Candidate {
+                price_per_hour: 1.0,
+                devices: 1,
+                pool: 0,
+                min_replicas: 0,
+                max_replicas: 0,
+                rate_per_replica: r,
+            })
+            .collect();
+        let cap = |t: &[u32]| carried_rate(&cands, &roles, t);
         // The fleet for more load carries at least the smaller load (or all the smaller fleet
-        // did): mixes may change, capacity for the load seen may not shrink.
+        // did): mixes may change, capacity for the load seen may not shrink. A disaggregated
+        // request is counted where it enters (unified or prefill variants).
         let demand: f64 = c
             .view
             .variants
             .iter()
+            .filter(|v| v.role != Role::Decode)
             .filter_map(|v| v.load.as_ref())
             .map(|l| l.request_rate + l.waiting / 60.0)
             .sum();
@@ -251,6 +274,72 @@ proptest! {
         }
         if !b.capacity_limited {
             prop_assert!(b.capacity_rate >= a.capacity_rate.min(demand + extra) - 1e-9);
+        }
+    }
+
+    #[test]
+    fn disaggregated_plans_carry_the_demand_within_limits(
+        vs in prop::collection::vec(
+            (0usize..3, 0usize..2, 0.5f64..10.0, 0u32..2, 1u32..10, 0.2f64..8.0, 0u32..6),
+            2..6,
+        ),
+        demand in 0.0f64..40.0,
+        extra in 0.0f64..10.0,
+        pools in prop::collection::vec(4u32..40, 2),
+        ratio in prop_oneof![Just(0.0f64), Just(0.3)],
+    ) {
+        // role (unified, prefill, decode), pool, price, min, span, rate, current target.
+        let mut roles: Vec<Role> = vs
+            .iter()
+            .map(|v| [Role::Unified, Role::Prefill, Role::Decode][v.0])
+            .collect();
+        // Both stages, always: the scenario validation requires them together.
+        roles[0] = Role::Prefill;
+        roles[1] = Role::Decode;
+        let cands: Vec<Candidate> = vs
+            .iter()
+            .map(|&(_, pool, price, min, span, rate, _)| Candidate {
+                price_per_hour: price,
+                devices: 1,
+                pool,
+                min_replicas: min,
+                max_replicas: min + span,
+                rate_per_replica: rate,
+            })
+            .collect();
+        let current: Vec<u32> = vs.iter().map(|v| v.6).collect();
+        let plan = |d: f64| {
+            plan_by_role(&cands, &roles, &pools, d, |c, p, x| {
+                optimise_comparable(c, p, x, ratio, SwitchCost { current: &current, share: 0.8 })
+            })
+        };
+        let a = plan(demand);
+        let b = plan(demand + extra);
+        for (c, &r) in cands.iter().zip(&a.replicas) {
+            prop_assert!(r >= c.min_replicas && r <= c.max_replicas, "{:?}", a.replicas);
+        }
+        for (p, &cap) in pools.iter().enumerate() {
+            let used: u32 = cands
+                .iter()
+                .zip(&a.replicas)
+                .filter(|(c, _)| c.pool == p)
+                .map(|(c, r)| c.devices * r)
+                .sum();
+            // The minimums alone may exceed a pool; beyond them, the plan fits.
+            let mins: u32 = cands.iter().filter(|c| c.pool == p).map(|c| c.min_replicas).sum();
+            prop_assert!(used <= cap.max(mins), "pool {p}: {used} > {cap}");
+        }
+        let carried = |r: &[u32]| carried_rate(&cands, &roles, r);
+        if !a.capacity_limited {
+            prop_assert!(carried(&a.replicas) >= demand - 1e-9, "{:?} for {demand}", a.replicas);
+        }
+        if !b.capacity_limited {
+            prop_assert!(
+                carried(&b.replicas) >= carried(&a.replicas).min(demand + extra) - 1e-9,
+                "{:?} -> {:?}",
+                a.replicas,
+                b.replicas
+            );
         }
     }
 

@@ -735,7 +735,7 @@ policy: { actuation: scale, intervalSeconds: 15 }
         assert_eq!(setup.scenario.variants[1].min_replicas, 1);
         assert_eq!(setup.config.interval_s, 15.0);
         assert_eq!(setup.config.min_total_replicas, 1);
-        assert_eq!(setup.config.min_speed_ratio, 0.3);
+        assert_eq!(setup.config.min_speed_ratio, 0.1);
         assert_eq!(setup.config.slo.map(|s| s.itl_ms), Some(60.0));
         assert_eq!(setup.accelerators[1], ("l40s".into(), "l40s-pool".into()));
     }

@@ -27,7 +27,7 @@ use goodput_sim::policy::{ClusterView, ScaleDecision};
 use crate::capacity::{CapacityModel, LoadShape};
 use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate_by_role};
 use crate::optimizer::{
-    Candidate, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
+    Candidate, Speeds, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
 };
 use goodput_core::Role;
 
@@ -88,7 +88,7 @@ impl Default for GoodputConfig {
                 mean_output_tokens: 200.0,
                 prefix_hit_rate: 0.0,
             },
-            min_speed_ratio: 0.3,
+            min_speed_ratio: 0.1,
         }
     }
 }
@@ -344,10 +344,17 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .max(self.cfg.interval_s)
                     .max(1.0),
         };
+        let probed: Vec<f64> = (0..view.variants.len())
+            .map(|i| self.capacity.max_rate(i, &shape))
+            .collect();
+        let speeds = Speeds {
+            per_replica: &probed,
+            min_ratio: self.cfg.min_speed_ratio,
+        };
         // Prefill and decode variants are sized together: each stage for the whole demand.
         let roles: Vec<Role> = view.variants.iter().map(|v| v.role).collect();
         let mut plan = plan_by_role(&cands, &roles, &pool_caps, fc.provision_rate, |c, p, d| {
-            optimise_comparable(c, p, d, self.cfg.min_speed_ratio, switch)
+            optimise_comparable(c, p, d, speeds, switch)
         });
         // What scale-down may go to: the plan with more replicas of the variants it uses until
         // it carries the need plus the hysteresis band, so that a fleet just shrunk still has

@@ -185,15 +185,28 @@ impl SwitchCost<'_> {
     }
 }
 
+/// How fast each variant's replicas are, for [`optimise_comparable`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speeds<'a> {
+    /// Requests per second one replica sustains as probed, before any correction from observed
+    /// latency: a router balancing outstanding requests sees the hardware's speed, not the
+    /// planner's caution (empty: the candidates' rates).
+    pub per_replica: &'a [f64],
+    /// Slowest variant a plan mixes in, as a share of the fastest planned one (0: any).
+    pub min_ratio: f64,
+}
+
 /// Cheapest mix carrying `demand` in which no planned variant is slower per replica than
-/// `min_speed_ratio` times the fastest planned one, counting what its new replicas cost to
+/// `speeds.min_ratio` times the fastest planned one, counting what its new replicas cost to
 /// start (`switch`).
 ///
 /// Routers that balance outstanding requests (least-loaded, llm-d's queue and KV scorers) give
 /// a replica several times slower than its peers about the same number of concurrent requests,
 /// so its requests run far slower than the plan's share assumes; the cheap slow replicas that
 /// plain [`optimise`] adds to cover a remainder then miss the SLO. Each usable variant in turn
-/// anchors a plan among the variants at least `min_speed_ratio` of its speed and no faster;
+/// anchors a plan among the variants at least `speeds.min_ratio` of its probed speed and no
+/// faster (speed as probed, so that a variant derated for missing its SLO does not make slower
+/// ones look comparable);
 /// the plan that carries the demand at the lowest cost per hour plus start-up charge wins, so
 /// that a mix a few cents cheaper does not replace a running fleet. When no plan carries the
 /// demand, the plain plan (all variants, most capacity) is returned. A ratio of 0 compares
@@ -202,21 +215,28 @@ pub fn optimise_comparable(
     cands: &[Candidate],
     pool_capacity: &[u32],
     demand: f64,
-    min_speed_ratio: f64,
+    speeds: Speeds<'_>,
     switch: SwitchCost<'_>,
 ) -> Plan {
     let plain = optimise(cands, pool_capacity, demand);
-    if min_speed_ratio <= 0.0 {
+    if speeds.min_ratio <= 0.0 {
         return plain;
     }
+    let speed_of = |i: usize| {
+        speeds
+            .per_replica
+            .get(i)
+            .copied()
+            .unwrap_or(cands[i].rate_per_replica)
+    };
     let mut best: Option<(f64, Plan)> = None;
-    for anchor in cands.iter().filter(|c| c.rate_per_replica > 0.0) {
-        let speed = anchor.rate_per_replica;
+    for a in (0..cands.len()).filter(|&i| cands[i].rate_per_replica > 0.0) {
+        let speed = speed_of(a);
         let restricted: Vec<Candidate> = cands
             .iter()
-            .map(|c| {
-                let comparable =
-                    c.rate_per_replica <= speed && c.rate_per_replica >= min_speed_ratio * speed;
+            .enumerate()
+            .map(|(i, c)| {
+                let comparable = speed_of(i) <= speed && speed_of(i) >= speeds.min_ratio * speed;
                 Candidate {
                     rate_per_replica: if comparable { c.rate_per_replica } else { 0.0 },
                     ..*c
@@ -388,6 +408,11 @@ pub fn carried_rate(cands: &[Candidate], roles: &[Role], replicas: &[u32]) -> f6
 mod tests {
     use super::*;
 
+    const RATIO: Speeds<'static> = Speeds {
+        per_replica: &[],
+        min_ratio: 0.3,
+    };
+
     const NO_SWITCH: SwitchCost<'static> = SwitchCost {
         current: &[],
         share: 0.0,
@@ -435,13 +460,13 @@ mod tests {
         // the comparable plan takes one more h100 instead.
         let c = [cand(4.0, 1, 0, 4.0), cand(0.5, 1, 1, 0.4)];
         assert_eq!(optimise(&c, &[8, 8], 8.3).replicas, vec![2, 1]);
-        let p = optimise_comparable(&c, &[8, 8], 8.3, 0.3, NO_SWITCH);
+        let p = optimise_comparable(&c, &[8, 8], 8.3, RATIO, NO_SWITCH);
         assert_eq!(p.replicas, vec![3, 0]);
         assert!(p.capacity_rate >= 8.3);
         // Variants within the ratio still mix.
         let c = [cand(4.0, 1, 0, 4.0), cand(2.0, 1, 1, 1.6)];
         assert_eq!(
-            optimise_comparable(&c, &[8, 8], 9.0, 0.3, NO_SWITCH).replicas,
+            optimise_comparable(&c, &[8, 8], 9.0, RATIO, NO_SWITCH).replicas,
             vec![2, 1]
         );
     }
@@ -451,7 +476,7 @@ mod tests {
         // Little demand: one cheap slow replica carries it, with no faster one to compare with.
         let c = [cand(4.0, 1, 0, 4.0), cand(0.5, 1, 1, 0.4)];
         assert_eq!(
-            optimise_comparable(&c, &[8, 8], 0.3, 0.3, NO_SWITCH).replicas,
+            optimise_comparable(&c, &[8, 8], 0.3, RATIO, NO_SWITCH).replicas,
             vec![0, 1]
         );
     }
@@ -460,7 +485,7 @@ mod tests {
     fn comparable_mix_falls_back_to_most_capacity_when_pools_run_out() {
         // One h100 fits; only mixing in the slow variant comes close to the demand.
         let c = [cand(4.0, 1, 0, 4.0), cand(0.5, 1, 1, 0.4)];
-        let p = optimise_comparable(&c, &[1, 8], 10.0, 0.3, NO_SWITCH);
+        let p = optimise_comparable(&c, &[1, 8], 10.0, RATIO, NO_SWITCH);
         assert!(p.capacity_limited);
         assert_eq!(p.replicas, optimise(&c, &[1, 8], 10.0).replicas);
     }
@@ -475,7 +500,7 @@ mod tests {
             share: 0.8,
         };
         assert_eq!(
-            optimise_comparable(&c, &[8, 16], 10.0, 0.3, from_scratch).replicas,
+            optimise_comparable(&c, &[8, 16], 10.0, RATIO, from_scratch).replicas,
             vec![0, 10]
         );
         let running = SwitchCost {
@@ -483,7 +508,7 @@ mod tests {
             share: 0.8,
         };
         assert_eq!(
-            optimise_comparable(&c, &[8, 16], 10.0, 0.3, running).replicas,
+            optimise_comparable(&c, &[8, 16], 10.0, RATIO, running).replicas,
             vec![3, 0]
         );
         // Without the charge the cheaper mix wins even then.
@@ -492,7 +517,7 @@ mod tests {
                 &c,
                 &[8, 16],
                 10.0,
-                0.3,
+                RATIO,
                 SwitchCost {
                     share: 0.0,
                     ..running
@@ -546,6 +571,27 @@ mod tests {
         assert_eq!(
             plan_by_role(&c, &roles, &[16], 12.0, optimise).replicas,
             vec![4, 1, 0]
+        );
+    }
+
+    #[test]
+    fn a_derated_fast_variant_does_not_make_slow_ones_comparable() {
+        // H100 probed at 6 rps but derated to 3 for missing its SLO; L40S at 1.1. Judged on
+        // the derated rate the L40S is within 0.3x and, cheaper per request, enters the plan;
+        // judged on the probed speeds it stays out.
+        let c = [cand(4.0, 1, 0, 3.0), cand(0.9, 1, 1, 1.1)];
+        let probed = Speeds {
+            per_replica: &[6.0, 1.1],
+            min_ratio: 0.3,
+        };
+        let running = SwitchCost {
+            current: &[10, 0],
+            share: 0.8,
+        };
+        assert!(optimise_comparable(&c, &[16, 32], 28.0, RATIO, running).replicas[1] > 0);
+        assert_eq!(
+            optimise_comparable(&c, &[16, 32], 28.0, probed, running).replicas,
+            vec![10, 0]
         );
     }
 }

@@ -9,7 +9,7 @@ use goodput_autoscaler::baselines::{HpaKv, KedaSlo, WvaSaturation};
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
 use goodput_autoscaler::optimizer::{
-    Candidate, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
+    Candidate, Speeds, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
 };
 use goodput_core::{Role, Slo, VariantLoad};
 use goodput_sim::policy::{ClusterView, PoolView, ScaleDecision, VariantView};
@@ -310,7 +310,13 @@ proptest! {
         let current: Vec<u32> = vs.iter().map(|v| v.6).collect();
         let plan = |d: f64| {
             plan_by_role(&cands, &roles, &pools, d, |c, p, x| {
-                optimise_comparable(c, p, x, ratio, SwitchCost { current: &current, share: 0.8 })
+                optimise_comparable(
+                    c,
+                    p,
+                    x,
+                    Speeds { per_replica: &[], min_ratio: ratio },
+                    SwitchCost { current: &current, share: 0.8 },
+                )
             })
         };
         let a = plan(demand);

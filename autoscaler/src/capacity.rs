@@ -4,8 +4,10 @@
 //! load shape (mean prompt and output tokens, prefix-cache hit rate) while the share of requests
 //! meeting both the TTFT and the ITL targets stays at or above a quantile. [`EngineCapacity`]
 //! answers by probing the simulator's vLLM engine model (`goodput_sim::engine::Engine`) with a
-//! synthetic steady workload of that shape (bursty arrivals, CV 2) and bisecting on the rate; answers are cached
-//! per (variant, rounded shape), so a controller pays for each probe once. Using the engine model
+//! synthetic steady workload of that shape (bursty arrivals, CV 2) and bisecting on the rate,
+//! judging only the probe's steady state (not the requests that arrive while the batch fills or
+//! empties); answers are cached per (variant, rounded shape), so a controller pays for each
+//! probe once. Using the engine model
 //! keeps the policy consistent with the simulator's physics, and in production it is the same
 //! calibrated model of a vLLM replica.
 //!

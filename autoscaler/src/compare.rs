@@ -287,9 +287,9 @@ pub fn prepare_with(
             rate_per_replica: capacity.max_rate(i, &shape),
         })
         .collect();
-    // A variant capped at zero replicas cannot be the one a single-variant baseline scales.
     let roles: Vec<Role> = variants.iter().map(|v| v.role).collect();
-    // The best single deployment of a role by price per unit of probed capacity.
+    // The best single deployment of a role by price per unit of probed capacity (a variant
+    // capped at zero replicas cannot be the one a single-variant baseline scales).
     let best_of = |role: Role| {
         (0..cands.len())
             .filter(|&i| {

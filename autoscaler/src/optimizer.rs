@@ -206,11 +206,10 @@ pub struct Speeds<'a> {
 /// plain [`optimise`] adds to cover a remainder then miss the SLO. Each usable variant in turn
 /// anchors a plan among the variants at least `speeds.min_ratio` of its probed speed and no
 /// faster (speed as probed, so that a variant derated for missing its SLO does not make slower
-/// ones look comparable);
-/// the plan that carries the demand at the lowest cost per hour plus start-up charge wins, so
-/// that a mix a few cents cheaper does not replace a running fleet. When no plan carries the
-/// demand, the plain plan (all variants, most capacity) is returned. A ratio of 0 compares
-/// only the plain plan, which it then returns.
+/// ones look comparable); the plan that carries the demand at the lowest cost per hour plus
+/// start-up charge wins, so that a mix a few cents cheaper does not replace a running fleet.
+/// When no plan carries the demand, the plain plan (all variants, most capacity) is returned;
+/// a ratio of 0 returns the plain plan directly.
 pub fn optimise_comparable(
     cands: &[Candidate],
     pool_capacity: &[u32],
@@ -218,9 +217,8 @@ pub fn optimise_comparable(
     speeds: Speeds<'_>,
     switch: SwitchCost<'_>,
 ) -> Plan {
-    let plain = optimise(cands, pool_capacity, demand);
     if speeds.min_ratio <= 0.0 {
-        return plain;
+        return optimise(cands, pool_capacity, demand);
     }
     let speed_of = |i: usize| {
         speeds
@@ -252,7 +250,7 @@ pub fn optimise_comparable(
             best = Some((cost, plan));
         }
     }
-    best.map_or(plain, |(_, p)| p)
+    best.map_or_else(|| optimise(cands, pool_capacity, demand), |(_, p)| p)
 }
 
 /// Cheapest plan for `demand` when some variants serve one stage of disaggregated serving.
@@ -262,11 +260,11 @@ pub fn optimise_comparable(
 /// for the demand, sized together from the same forecast (the probes' per-replica rates carry
 /// the ratio: long prompts or few prefix hits make prefill replicas slower, long outputs make
 /// decode replicas slower). `plan` sizes one set of interchangeable variants (others masked
-/// out); decode is planned in the pool capacity prefill leaves (after the decode variants'
-/// minimums), and when the pools cannot carry the demand, both stages are sized for the
-/// largest rate they carry together. With both unified and P/D
-/// variants, the cheaper of the unified plan and the P/D plan that carries the demand wins
-/// (one path per model, not a split). Every variant keeps its minimum.
+/// out). Each sub-plan leaves the devices other roles' minimums hold; decode is planned in
+/// what prefill leaves; when the pools cannot carry the demand, both stages are sized for the
+/// largest rate they carry together. With both unified and P/D variants, the cheaper of the
+/// unified plan and the P/D plan that carries the demand wins (one path per model, not a
+/// split). Every variant keeps its minimum.
 pub fn plan_by_role(
     cands: &[Candidate],
     roles: &[Role],
@@ -303,10 +301,8 @@ pub fn plan_by_role(
     let besides = |keep: &[Role]| -> Vec<u32> {
         let mut free: Vec<u32> = pool_capacity.to_vec();
         for (c, r) in cands.iter().zip(roles) {
-            if !keep.contains(r)
-                && let Some(f) = free.get_mut(c.pool)
-            {
-                *f = f.saturating_sub(c.min_replicas.min(c.max_replicas) * c.devices);
+            if !keep.contains(r) {
+                hold(&mut free, c, c.min_replicas.min(c.max_replicas));
             }
         }
         free
@@ -317,9 +313,7 @@ pub fn plan_by_role(
         let prefill = plan(&prefill_cands, &for_prefill, rate);
         let mut left = for_decode.clone();
         for (c, &r) in cands.iter().zip(&prefill.replicas) {
-            if let Some(f) = left.get_mut(c.pool) {
-                *f = f.saturating_sub(r * c.devices);
-            }
+            hold(&mut left, c, r);
         }
         let decode = plan(&decode_cands, &left, rate);
         Plan {
@@ -366,6 +360,13 @@ pub fn plan_by_role(
         disaggregated
     };
     with_minimums(cands, chosen)
+}
+
+/// Takes the devices of `replicas` of `c` from its pool's `free` count.
+fn hold(free: &mut [u32], c: &Candidate, replicas: u32) {
+    if let Some(f) = free.get_mut(c.pool) {
+        *f = f.saturating_sub(replicas * c.devices);
+    }
 }
 
 /// `plan` with every variant at least at its minimum (a masked-out stage keeps its floor).

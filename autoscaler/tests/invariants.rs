@@ -162,6 +162,16 @@ fn check_pools(view: &ClusterView, targets: &[u32]) {
     }
 }
 
+/// Devices a plan's replicas hold in pool `p`.
+fn devices_in_pool(cands: &[Candidate], replicas: &[u32], p: usize) -> u32 {
+    cands
+        .iter()
+        .zip(replicas)
+        .filter(|(c, _)| c.pool == p)
+        .map(|(c, r)| c.devices * r)
+        .sum()
+}
+
 fn scaled(view: &ClusterView, f: f64) -> ClusterView {
     let mut v = view.clone();
     for x in &mut v.variants {
@@ -261,13 +271,7 @@ proptest! {
             prop_assert!(r >= c.min_replicas && r <= c.max_replicas);
         }
         for (p, &cap) in pools.iter().enumerate() {
-            let used: u32 = cands
-                .iter()
-                .zip(&a.replicas)
-                .filter(|(c, _)| c.pool == p)
-                .map(|(c, r)| c.devices * r)
-                .sum();
-            prop_assert!(used <= cap);
+            prop_assert!(devices_in_pool(&cands, &a.replicas, p) <= cap);
         }
         if !a.capacity_limited {
             prop_assert!(a.capacity_rate >= demand - 1e-9);
@@ -325,12 +329,7 @@ proptest! {
             prop_assert!(r >= c.min_replicas && r <= c.max_replicas, "{:?}", a.replicas);
         }
         for (p, &cap) in pools.iter().enumerate() {
-            let used: u32 = cands
-                .iter()
-                .zip(&a.replicas)
-                .filter(|(c, _)| c.pool == p)
-                .map(|(c, r)| c.devices * r)
-                .sum();
+            let used = devices_in_pool(&cands, &a.replicas, p);
             // The minimums alone may exceed a pool; beyond them, the plan fits.
             let mins: u32 = cands.iter().filter(|c| c.pool == p).map(|c| c.min_replicas).sum();
             prop_assert!(used <= cap.max(mins), "pool {p}: {used} > {cap}");

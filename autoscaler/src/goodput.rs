@@ -6,8 +6,11 @@
 //! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
 //! mix for the provisioned rate among variants of comparable speed per replica, charging the
 //! replicas a new mix would start for their start-up time; when the SLO is known, a variant's
-//! observed p95 latencies above it derate that variant's probed capacity (down to half), and
-//! latencies well below it restore it;
+//! observed p95 latencies above it derate that variant's probed capacity (down to half, and not
+//! while its replicas are still starting, when the latency only says the fleet is short),
+//! latencies well below it restore it, and latencies under half the SLO for a whole
+//! stabilisation window at a real share of the rated load raise it (up to 1.1x; a raised
+//! rating that misses drops back to the probe and is not raised that far again);
 //! a variant that still misses the SLO when derated to the floor cannot hold it for this traffic
 //! at any load the derating reaches (on azure-code, slower accelerators whose ITL the long
 //! prompts' prefill chunks break), so it is set aside for a while (twice as long each further
@@ -54,6 +57,13 @@ pub struct GoodputConfig {
     pub slo: Option<goodput_core::Slo>,
     /// Lowest correction factor.
     pub min_correction: f64,
+    /// Highest correction factor: p95 latencies under half the SLO for a whole stabilisation
+    /// window, with the replicas carrying at least `raise_min_utilisation` of their rating,
+    /// raise the probed capacity up to this multiple (1: never above the probe).
+    pub max_correction: f64,
+    /// Share of its rated capacity a variant's replicas must carry for low latency to count
+    /// as evidence of headroom (at light load every replica looks fast).
+    pub raise_min_utilisation: f64,
     /// Consecutive decisions a variant may miss the SLO while derated to `min_correction`
     /// before it is set aside (0: never).
     pub set_aside_after: u32,
@@ -81,6 +91,8 @@ impl Default for GoodputConfig {
             utilisation: 1.0,
             slo: None,
             min_correction: 0.5,
+            max_correction: 1.1,
+            raise_min_utilisation: 0.6,
             set_aside_after: 4,
             set_aside_s: 1800.0,
             default_shape: LoadShape {
@@ -105,8 +117,13 @@ pub struct GoodputPolicy<C: CapacityModel> {
     last_forecast: Option<Forecast>,
     first_seen: Option<f64>,
     /// Per-variant multiplier on probed capacity learned from observed latency, in
-    /// [min_correction, 1].
+    /// [min_correction, max_correction].
     correction: Vec<f64>,
+    /// Per variant: how far observed headroom may raise the correction (lowered below
+    /// `max_correction` when a raised rating missed the SLO).
+    raise_ceiling: Vec<f64>,
+    /// Per variant: since when its p95 latencies have stayed under half the SLO.
+    calm_since: Vec<Option<f64>>,
     /// Per variant: consecutive decisions missing the SLO at the correction floor.
     strikes: Vec<u32>,
     /// Per variant: set aside until this time (seconds of the view's clock).
@@ -139,6 +156,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             last_forecast: None,
             first_seen: None,
             correction: Vec::new(),
+            raise_ceiling: Vec::new(),
+            calm_since: Vec::new(),
             strikes: Vec::new(),
             set_aside_until: Vec::new(),
             set_aside_count: Vec::new(),
@@ -175,6 +194,13 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 },
             })
             .collect()
+    }
+
+    /// Per variant, the multiplier the observed latencies put on its probed capacity (see
+    /// [`GoodputConfig::min_correction`] and [`GoodputConfig::max_correction`]); empty before
+    /// the first decision.
+    pub fn corrections(&self) -> &[f64] {
+        &self.correction
     }
 
     /// Whether variant `i` is set aside at `now`.
@@ -247,6 +273,9 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             .fold(0.0f64, f64::max);
         let horizon = startup + self.cfg.interval_s;
         self.correction.resize(view.variants.len(), 1.0);
+        self.raise_ceiling
+            .resize(view.variants.len(), self.cfg.max_correction);
+        self.calm_since.resize(view.variants.len(), None);
         self.strikes.resize(view.variants.len(), 0);
         self.set_aside_until.resize(view.variants.len(), None);
         self.set_aside_count.resize(view.variants.len(), 0);
@@ -280,15 +309,45 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     continue;
                 }
                 let at_floor = self.correction[i] <= self.cfg.min_correction;
+                if worst >= 0.5 {
+                    self.calm_since[i] = None;
+                }
+                // Latency seen while replicas of this variant are still starting says that the
+                // fleet is short, which the plan already fixes, not that a replica carries less
+                // than rated: derating on it would stack a larger plan on top of the one coming.
+                let starting = v.target > v.ready;
                 let c = &mut self.correction[i];
-                if worst > 1.0 {
+                if worst > 1.0 && *c > 1.0 {
+                    // A raised rating that misses: back to the probe, and never raised this far
+                    // again (so that noise does not cycle the fleet through the same miss).
+                    self.raise_ceiling[i] = (*c * 0.95).max(1.0);
+                    *c = 1.0;
+                } else if worst > 1.0 && !starting {
                     *c = (*c * 0.9).max(self.cfg.min_correction);
                 } else if worst < 0.5 {
-                    *c = (*c * 1.02).min(1.0);
+                    // Well inside the SLO. Below the probe's rating that restores it; above, it is
+                    // evidence that the probe is conservative for this traffic (one replica with
+                    // CV-2 arrivals, where a fleet behind the router pools its bursts), but only
+                    // when the replicas carry a real share of their rating and have stayed that
+                    // calm for a whole stabilisation window.
+                    let rated = self.capacity.max_rate(i, &shape) * *c;
+                    let per_replica = l.request_rate / f64::from(v.ready.max(1));
+                    let calm_since = *self.calm_since[i].get_or_insert(view.now_s);
+                    let evidence = rated > 0.0
+                        && per_replica >= self.cfg.raise_min_utilisation * rated
+                        && view.now_s - calm_since >= self.cfg.scale_down_window_s;
+                    let cap = if evidence {
+                        self.cfg.max_correction.min(self.raise_ceiling[i]).max(1.0)
+                    } else {
+                        1.0
+                    };
+                    if *c < cap {
+                        *c = (*c * 1.02).min(cap);
+                    }
                 }
                 // Missing the SLO although already derated to the floor: more derating is not
                 // allowed and would not help; after a few such decisions, plan without it.
-                if worst > 1.0 && at_floor {
+                if worst > 1.0 && at_floor && !starting {
                     self.strikes[i] += 1;
                 } else {
                     self.strikes[i] = 0;

@@ -99,7 +99,7 @@ fn not_dominated(rs: &[RunReport], rivals: &[&str]) {
 
 const REACTIVE: [&str; 4] = ["keda-slo", "wva-saturation", "dynamo-planner", "hpa-kv"];
 
-/// What must hold on azure-conv and mooncake: no baseline dominates goodput.
+/// What must hold on every trace: no baseline dominates goodput.
 fn check(rs: &[RunReport]) {
     let mut all = REACTIVE.to_vec();
     all.push("static-peak");
@@ -119,22 +119,20 @@ fn azure_conv_under_daily_envelope() {
     );
 }
 
-/// On azure-code only the reactive baselines are held to it: the static fleet sized to hold
-/// 99 % (10-11 H100s, $38-42) dominates goodput on some replays of this trace (its one-second
-/// bursts, not its minute rates, set the fleet it needs; docs/autoscaling.md gives four replay
-/// seeds).
+/// On azure-code no baseline dominates goodput either, the static fleet included; goodput does
+/// not reach 99 % here (its one-second bursts, not its minute rates, set the fleet it needs;
+/// docs/autoscaling.md, "Reading the results"). Until the latency correction stopped derating
+/// while replicas start, the static fleet of 10-11 H100s dominated goodput on four of seven
+/// replays of this trace (docs/autoscaling.md, "Replay seeds").
 #[test]
 fn azure_code_under_daily_envelope() {
-    not_dominated(
-        &run(
-            "hetero-code",
-            "azure-2023-code.csv",
-            Some(10.0),
-            4.0,
-            3600.0,
-        ),
-        &REACTIVE,
-    );
+    check(&run(
+        "hetero-code",
+        "azure-2023-code.csv",
+        Some(10.0),
+        4.0,
+        3600.0,
+    ));
 }
 
 #[test]

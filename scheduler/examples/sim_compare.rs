@@ -144,7 +144,8 @@ fn main() -> anyhow::Result<()> {
     );
     for case in &CASES {
         let scenario = scenario(case, &data)?;
-        let workload = load_workload(&scenario, &data)
+        // The scenario names the trace by its path under `data` already.
+        let workload = load_workload(&scenario, std::path::Path::new("."))
             .with_context(|| format!("loading {} from {}", case.trace, data.display()))?;
         let variants = resolve_variants(&scenario, scenario.mode)?;
         let mut rows = Vec::new();

@@ -270,6 +270,21 @@ pub struct TargetModel {
     /// the log latency itself).
     #[serde(default)]
     pub offset: Option<usize>,
+    /// Feature indices this model never sees: held at 0 in training and prediction alike.
+    #[serde(default)]
+    pub ignored: Vec<usize>,
+}
+
+/// `x` with the `ignored` features at 0.
+#[inline]
+fn masked(x: &FeatureVector, ignored: &[usize]) -> FeatureVector {
+    let mut x = *x;
+    for &i in ignored {
+        if let Some(v) = x.get_mut(i) {
+            *v = 0.0;
+        }
+    }
+    x
 }
 
 /// Quantile predictions of one target, ms.
@@ -303,7 +318,11 @@ impl TargetModel {
     /// The point prediction, ms.
     #[inline]
     pub fn point(&self, x: &FeatureVector) -> f64 {
-        point_ms(&self.regressor, self.offset, x)
+        if self.ignored.is_empty() {
+            point_ms(&self.regressor, self.offset, x)
+        } else {
+            point_ms(&self.regressor, self.offset, &masked(x, &self.ignored))
+        }
     }
 }
 
@@ -340,6 +359,7 @@ pub type Rows = [(FeatureVector, f64)];
 pub fn fit_target(
     target: &'static str,
     offset: Option<usize>,
+    ignored: &[usize],
     train: &Rows,
     calibration: &Rows,
     evaluation: &Rows,
@@ -363,7 +383,7 @@ pub fn fit_target(
     let offset = offset
         .filter(|&i| i < N_FEATURES && train.iter().all(|r| r.0[i] > 0.0 && r.0[i].is_finite()));
     let base = |f: &FeatureVector| offset.map_or(0.0, |i| f[i].ln());
-    let x: Vec<FeatureVector> = train.iter().map(|r| r.0).collect();
+    let x: Vec<FeatureVector> = train.iter().map(|r| masked(&r.0, ignored)).collect();
     let y: Vec<f64> = train.iter().map(|r| r.1.ln() - base(&r.0)).collect();
     let mut candidates: Vec<Regressor> = Vec::new();
     if let Some(l) = Linear::fit(&x, &y, params.linear_penalty) {
@@ -373,7 +393,7 @@ pub fn fit_target(
     let mape = |m: &Regressor| {
         calibration
             .iter()
-            .map(|(f, a)| ((point_ms(m, offset, f) - a) / a).abs())
+            .map(|(f, a)| ((point_ms(m, offset, &masked(f, ignored)) - a) / a).abs())
             .sum::<f64>()
             / calibration.len() as f64
             * 100.0
@@ -387,7 +407,7 @@ pub fn fit_target(
     let regressor = candidates.swap_remove(best);
     let ratios: Vec<f64> = calibration
         .iter()
-        .map(|(f, a)| a / point_ms(&regressor, offset, f))
+        .map(|(f, a)| a / point_ms(&regressor, offset, &masked(f, ignored)))
         .collect();
     let conformal = Conformal::calibrate(&ratios).ok_or(FitError::TooFewHeldOut {
         target,
@@ -401,6 +421,7 @@ pub fn fit_target(
         candidates: scored,
         training_rows: train.len(),
         offset,
+        ignored: ignored.to_vec(),
     };
     let scored_on = if evaluation.is_empty() {
         calibration
@@ -455,12 +476,45 @@ mod tests {
             .collect();
         let (train, held) = rows.split_at(1600);
         let (cal, eval) = held.split_at(200);
-        let m = fit_target("ttft", None, train, cal, eval, &FitParams::default()).unwrap();
+        let m = fit_target("ttft", None, &[], train, cal, eval, &FitParams::default()).unwrap();
         assert_eq!(m.regressor.family(), Family::Gbdt);
         assert_eq!(m.candidates.len(), 2);
         assert!(m.accuracy.mape_percent < 1.0, "{:?}", m.accuracy);
-        let err = fit_target("ttft", None, &train[..10], cal, eval, &FitParams::default());
+        let err = fit_target(
+            "ttft",
+            None,
+            &[],
+            &train[..10],
+            cal,
+            eval,
+            &FitParams::default(),
+        );
         assert!(matches!(err, Err(FitError::TooFewRows { .. })));
+    }
+
+    #[test]
+    fn an_ignored_feature_is_seen_neither_in_training_nor_in_prediction() {
+        let rows: Vec<(FeatureVector, f64)> = (0..2000)
+            .map(|i| {
+                let mut f = [0.0; N_FEATURES];
+                f[0] = (i % 100) as f64 / 100.0;
+                f[1] = (i % 7) as f64;
+                let y = if f[0] > 0.5 { 200.0 } else { 20.0 } + f[1];
+                (f, y)
+            })
+            .collect();
+        let (train, held) = rows.split_at(1600);
+        let (cal, eval) = held.split_at(200);
+        let m = fit_target("tpot", None, &[0], train, cal, eval, &FitParams::default()).unwrap();
+        let (mut low, mut high) = ([0.0; N_FEATURES], [0.0; N_FEATURES]);
+        low[1] = 3.0;
+        high[1] = 3.0;
+        high[0] = 0.9;
+        assert_eq!(m.point(&low), m.point(&high));
+        // The model still learns from the features it sees.
+        let mut other = low;
+        other[1] = 6.0;
+        assert_ne!(m.point(&low), m.point(&other));
     }
 
     #[test]
@@ -477,7 +531,7 @@ mod tests {
             .collect();
         let (train, held) = rows.split_at(2400);
         let (cal, eval) = held.split_at(300);
-        let m = fit_target("ttft", None, train, cal, eval, &FitParams::default()).unwrap();
+        let m = fit_target("ttft", None, &[], train, cal, eval, &FitParams::default()).unwrap();
         let lin = m
             .candidates
             .iter()

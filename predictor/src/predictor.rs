@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::{FeatureVector, Features, Sample, Target, prior_index};
+use crate::features::{FeatureVector, Features, Sample, Target, ignored_features, prior_index};
 use crate::metrics::PredictorMetrics;
 use crate::model::{FitError, FitParams, Quantiles, TargetModel, fit_target};
 use crate::online::{LiveAccuracy, OnlineConfig, TargetCalibration};
@@ -162,6 +162,7 @@ pub fn fit_models(
         match fit_target(
             t.as_str(),
             Some(prior_index(t)),
+            ignored_features(t),
             &d.train,
             &d.calibration,
             &d.evaluation,

@@ -54,6 +54,17 @@ fn count64() -> impl Strategy<Value = Text> {
     ]
 }
 
+/// `ms_since_last_token`: null or milliseconds >= 0.
+fn elapsed_ms() -> impl Strategy<Value = Text> {
+    prop_oneof![
+        3 => (0.0f64..1e6).prop_map(|x| (format!("{x}"), true)),
+        1 => (0u32..100_000).prop_map(|n| (n.to_string(), true)),
+        1 => pick(true, &["null", "0", "0.0", "12.5", "1e3", "4.9e-324"]),
+        2 => pick(false, &["-1", "-0.5", "-0", "1e400", "NaN", "\"5\"", "[]", "{}", "true",
+            "01", "1.", "nul"]),
+    ]
+}
+
 fn pod_type() -> impl Strategy<Value = Text> {
     prop_oneof![
         3 => pick(true, &["null", "\"\"", "\"prefill\"", "\"decode\"", "\"encode\"",
@@ -92,9 +103,10 @@ fn row() -> impl Strategy<Value = Vec<(String, Text)>> {
         prop::option::of(count64()),
         prop::option::of(count64()),
         prop::option::of(count64()),
+        prop::option::of(elapsed_ms()),
     );
     (required, optional, prop::collection::vec(unknown(), 0..3)).prop_flat_map(
-        |((kv, input, waiting, running, generated, prefix), (pod, pf, dc, em, ei), unk)| {
+        |((kv, input, waiting, running, generated, prefix), (pod, pf, dc, em, ei, ms), unk)| {
             let mut e: Vec<(String, Text)> = vec![
                 ("kv_cache_percentage".into(), kv),
                 ("input_token_length".into(), input),
@@ -109,6 +121,7 @@ fn row() -> impl Strategy<Value = Vec<(String, Text)>> {
                 ("decode_tokens_in_flight", dc),
                 ("encoder_matched_size", em),
                 ("encoder_input_size", ei),
+                ("ms_since_last_token", ms),
             ] {
                 if let Some(v) = v {
                     e.push((name.into(), v));

@@ -302,6 +302,8 @@ async fn malformed_input_gets_a_422_naming_the_field() {
         ("num_request_running", json!(-1)),
         ("input_token_length", json!(12.5)),
         ("pod_type", json!(3)),
+        ("ms_since_last_token", json!(-2.5)),
+        ("ms_since_last_token", json!("recently")),
     ] {
         let mut v: Value = serde_json::from_str(STRICT_EXAMPLE).unwrap();
         v["requests"][0][field] = bad;

@@ -50,6 +50,9 @@ pub struct EndpointView {
     pub prefill_tokens_in_flight: u64,
     /// Output tokens still expected from the requests in flight there (0 when unknown).
     pub decode_tokens_in_flight: u64,
+    /// Milliseconds since a response from there last streamed a token, None when unknown (no
+    /// response seen yet, or response bodies not streamed through the scheduler).
+    pub ms_since_last_token: Option<f64>,
 }
 
 impl EndpointView {
@@ -86,6 +89,7 @@ impl EndpointView {
             pod_type: self.role,
             prefill_tokens_in_flight: self.prefill_tokens_in_flight,
             decode_tokens_in_flight: self.decode_tokens_in_flight,
+            ms_since_last_token: self.ms_since_last_token,
         }
     }
 }

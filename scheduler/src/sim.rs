@@ -116,6 +116,7 @@ impl<L: LatencyModel> Router for SimRouter<L> {
                 in_flight: (c.running + c.waiting) as u32,
                 prefill_tokens_in_flight: c.queued_prompt_tokens,
                 decode_tokens_in_flight: 0,
+                ms_since_last_token: c.since_last_token_s.map(|s| s * 1e3),
             }
         }));
         chain_ids(request.hash_ids, &mut self.hashes);
@@ -205,6 +206,7 @@ mod tests {
             waiting: 0,
             kv_usage: 0.1,
             queued_prompt_tokens: 0,
+            since_last_token_s: None,
         };
         let cands = [view(0), view(1), view(2)];
         let ids = [7u64, 8, 9];

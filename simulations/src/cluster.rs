@@ -415,6 +415,10 @@ impl Sim<'_> {
                 waiting: r.engine.num_waiting(),
                 kv_usage: r.engine.kv_usage(now),
                 queued_prompt_tokens: r.engine.queued_prompt_tokens(),
+                since_last_token_s: r
+                    .engine
+                    .last_token_at(now)
+                    .map(|last| (now - last).max(0.0)),
             })
             .collect();
         let req = RouteRequest {

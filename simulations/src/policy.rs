@@ -19,6 +19,9 @@ pub struct ReplicaView {
     pub kv_usage: f64,
     /// Prompt tokens queued ahead of a new request.
     pub queued_prompt_tokens: u64,
+    /// Seconds since the replica last emitted a token (as a gateway streaming its responses
+    /// sees it), None before its first.
+    pub since_last_token_s: Option<f64>,
 }
 
 /// The request being routed.
@@ -161,6 +164,7 @@ mod tests {
             waiting,
             kv_usage: kv,
             queued_prompt_tokens: 0,
+            since_last_token_s: None,
         }
     }
 

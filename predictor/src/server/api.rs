@@ -103,6 +103,19 @@ fn nonneg_ms(m: &Map<String, Value>, parent: &str, name: &str) -> Result<f64, Fi
     Ok(x)
 }
 
+/// An optional non-negative number of milliseconds (goodput's extension; absent or null is
+/// None).
+fn optional_nonneg_ms(
+    m: &Map<String, Value>,
+    parent: &str,
+    name: &str,
+) -> Result<Option<f64>, FieldError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => nonneg_ms(m, parent, name).map(Some),
+    }
+}
+
 /// A non-negative integer; like pydantic's lax mode, a float with no fraction is accepted.
 fn count(
     m: &Map<String, Value>,
@@ -162,6 +175,7 @@ pub fn parse_features(v: &Value, parent: &str) -> Result<Features, FieldError> {
         pod_type,
         prefill_tokens_in_flight: count(m, parent, "prefill_tokens_in_flight", false, u64::MAX)?,
         decode_tokens_in_flight: count(m, parent, "decode_tokens_in_flight", false, u64::MAX)?,
+        ms_since_last_token: optional_nonneg_ms(m, parent, "ms_since_last_token")?,
     };
     // Encoder (multimodal) sizes are accepted and checked, not used: the simulator has no
     // multimodal requests to learn their effect from.

@@ -37,6 +37,7 @@ const PREFILL: u16 = 1 << 7;
 const DECODE: u16 = 1 << 8;
 const ENC_MATCHED: u16 = 1 << 9;
 const ENC_INPUT: u16 = 1 << 10;
+const SINCE_TOKEN: u16 = 1 << 11;
 const REQUIRED: u16 = KV | INPUT | WAITING | RUNNING | GENERATED | PREFIX;
 
 /// `{"requests":[row...]}` with 1..=`max_rows` rows, or `None` (see the module docs).
@@ -197,17 +198,32 @@ impl<'a> Scanner<'a> {
         u32::try_from(self.uint(u64::from(u32::MAX))?).ok()
     }
 
-    /// A number in `0.0..=1.0`.
-    fn fraction(&mut self) -> Option<f64> {
+    /// A JSON number.
+    fn number(&mut self) -> Option<f64> {
         let rest = self.b.get(self.i..)?;
-        let x = match exact_prefix(rest) {
+        match exact_prefix(rest) {
             Some((x, n)) if !continues_number(rest.get(n)) => {
                 self.i += n;
-                x
+                Some(x)
             }
-            _ => serde_json::from_slice::<f64>(self.number_text()).ok()?,
-        };
+            _ => serde_json::from_slice::<f64>(self.number_text()).ok(),
+        }
+    }
+
+    /// A number in `0.0..=1.0`.
+    fn fraction(&mut self) -> Option<f64> {
+        let x = self.number()?;
         (0.0..=1.0).contains(&x).then_some(x)
+    }
+
+    /// `null` or a finite number `>= 0` (milliseconds).
+    fn optional_nonneg(&mut self) -> Option<Option<f64>> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(None);
+        }
+        let x = self.number()?;
+        (x.is_finite() && x >= 0.0).then_some(Some(x))
     }
 
     /// `pod_type`: `null` or a string without escapes.
@@ -289,6 +305,10 @@ impl<'a> Scanner<'a> {
                 b'd' if self.key(b"decode_tokens_in_flight\"") => {
                     f.decode_tokens_in_flight = self.colon()?.uint(u64::MAX)?;
                     DECODE
+                }
+                b'm' if self.key(b"ms_since_last_token\"") => {
+                    f.ms_since_last_token = self.colon()?.optional_nonneg()?;
+                    SINCE_TOKEN
                 }
                 // Checked, not used (as the generic walk does).
                 b'e' if self.key(b"encoder_matched_size\"") => {

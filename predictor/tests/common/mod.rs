@@ -150,6 +150,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64) -> Vec<Timed> {
             pod_type: PodType::Monolithic,
             prefill_tokens_in_flight: in_flight,
             decode_tokens_in_flight: 0,
+            ms_since_last_token: d.view.since_last_token_s.map(|s| s * 1e3),
         };
         out.push(Timed {
             sample: Sample {

@@ -45,7 +45,7 @@ use crate::metrics::{EndpointLabels, KindLabels, SchedulerMetrics};
 use crate::pick::{Decision, Outcome, PickRequest};
 use crate::prefix::{BLOCK_TOKENS, text_block_hashes};
 use crate::request::RequestFeatures;
-use crate::server::pool::{Applied, Finished, Pool, Ticket};
+use crate::server::pool::{Applied, Finished, Pool, Ticket, TokenClock};
 
 /// Header and metadata key naming the chosen endpoint.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
@@ -192,6 +192,9 @@ impl ExternalProcessor for ExtProc {
 struct Dispatched {
     shared: Arc<Shared>,
     ticket: Ticket,
+    /// Where this response marks when its endpoint streamed a token (a feature of the next
+    /// picks' predictions there).
+    token_clock: Option<TokenClock>,
     /// The variant's predictor, trained with this request's measurements.
     predictor: Option<Arc<Predictor>>,
     features: Features,
@@ -212,6 +215,9 @@ impl Dispatched {
             return;
         }
         let now = Instant::now();
+        if let Some(clock) = &self.token_clock {
+            clock.mark(now);
+        }
         if self.first_at.is_none() {
             self.first_at = Some(now);
             let mut pool = self.shared.lock();
@@ -546,10 +552,11 @@ impl Conversation {
                     .and_then(|t| t.prefill_slot)
                     .map(|p| pool.addr(p).to_string());
                 let predictor = t.and_then(|t| pool.predictor(t.slot));
+                let clock = t.and_then(|t| pool.token_clock(&t));
                 if let Some(t) = t {
                     self.shared.set_in_flight(&pool, t.slot);
                 }
-                (d, t, dest, pre, predictor)
+                (d, t, dest, pre, (predictor, clock))
             };
             if picked.0 == Decision::NoEndpoint && started < hold_until {
                 waiting.get_or_insert_with(|| Waiting::new(&self.shared.metrics));
@@ -587,9 +594,11 @@ impl Conversation {
                 m.ttft_headroom.observe((slo - p.ttft_ms) / 1e3);
             }
         }
+        let (predictor, token_clock) = predictor;
         self.dispatched = Some(Dispatched {
             shared: Arc::clone(&self.shared),
             ticket,
+            token_clock,
             predictor,
             features: route.features,
             slo_ttft_ms: features.slo_ttft_ms,

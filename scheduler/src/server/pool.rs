@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use goodput_predictor::{PodType, Predictor};
@@ -130,6 +131,9 @@ struct Entry {
     prefill_tokens_in_flight: u64,
     /// Requests routed here since it joined.
     dispatched: u64,
+    /// When a response from here last streamed a token, written by the response streams
+    /// without the pool's lock (see [`TokenClock`]).
+    last_token: Arc<AtomicU64>,
 }
 
 impl Entry {
@@ -145,6 +149,7 @@ impl Entry {
             in_flight: 0,
             prefill_tokens_in_flight: 0,
             dispatched: 0,
+            last_token: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -202,6 +207,36 @@ pub enum Finished {
     Unknown,
 }
 
+/// Where a response stream marks the instants its endpoint streams tokens: the endpoint's
+/// cell (nanoseconds after the pool's epoch, plus one; 0 is never) and that epoch. A mark is
+/// one atomic max, so a stream never takes the pool's lock per chunk.
+#[derive(Debug, Clone)]
+pub struct TokenClock {
+    epoch: Instant,
+    cell: Arc<AtomicU64>,
+}
+
+impl TokenClock {
+    /// A token streamed at `at`.
+    pub fn mark(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        let v = u64::try_from(nanos)
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        self.cell.fetch_max(v, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds from the instant in `cell` to `now`; None if nothing was marked.
+fn ms_since(epoch: Instant, cell: &AtomicU64, now: Instant) -> Option<f64> {
+    let v = cell.load(Ordering::Relaxed);
+    if v == 0 {
+        return None;
+    }
+    let at = epoch + Duration::from_nanos(v - 1);
+    Some(now.saturating_duration_since(at).as_secs_f64() * 1e3)
+}
+
 /// The pool and the picker.
 pub struct Pool {
     /// Indexed by slot; `None` is a free slot.
@@ -214,6 +249,8 @@ pub struct Pool {
     prefix: PrefixIndex,
     views: Vec<EndpointView>,
     staleness: Staleness,
+    /// The origin of the token clocks' instants.
+    epoch: Instant,
 }
 
 impl Pool {
@@ -229,6 +266,7 @@ impl Pool {
             prefix: PrefixIndex::default(),
             views: Vec::new(),
             staleness,
+            epoch: Instant::now(),
         }
     }
 
@@ -572,6 +610,7 @@ impl Pool {
                 in_flight: e.in_flight,
                 prefill_tokens_in_flight: e.prefill_tokens_in_flight,
                 decode_tokens_in_flight: 0,
+                ms_since_last_token: ms_since(self.epoch, &e.last_token, now),
             });
         }
         let latency: &dyn LatencyModel = match latency {
@@ -617,6 +656,16 @@ impl Pool {
             .filter(|e| e.generation == t.generation)
     }
 
+    /// The clock a response stream of the ticket's endpoint marks its tokens on (None if the
+    /// endpoint is no longer the one the ticket was issued for).
+    pub fn token_clock(&mut self, t: &Ticket) -> Option<TokenClock> {
+        let epoch = self.epoch;
+        self.ticket_entry(t).map(|e| TokenClock {
+            epoch,
+            cell: Arc::clone(&e.last_token),
+        })
+    }
+
     /// The request's first token arrived: its prompt is no longer queued for prefill.
     pub fn first_token(&mut self, t: &Ticket) {
         if let Some(e) = self.ticket_entry(t) {
@@ -651,6 +700,36 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_clock_gives_the_time_since_the_latest_mark() {
+        let epoch = Instant::now();
+        let clock = TokenClock {
+            epoch,
+            cell: Arc::new(AtomicU64::new(0)),
+        };
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        assert_eq!(
+            ms_since(epoch, &clock.cell, at(10)),
+            None,
+            "nothing streamed yet"
+        );
+        clock.mark(at(5));
+        // A stream marking an earlier instant late (another request's chunk) does not move it
+        // back.
+        clock.mark(at(3));
+        let since = ms_since(epoch, &clock.cell, at(12)).unwrap();
+        assert!((since - 7.0).abs() < 1e-6, "{since}");
+        clock.mark(at(12));
+        assert_eq!(ms_since(epoch, &clock.cell, at(12)), Some(0.0));
+        // A mark at the epoch itself is still a mark.
+        let fresh = TokenClock {
+            epoch,
+            cell: Arc::new(AtomicU64::new(0)),
+        };
+        fresh.mark(epoch);
+        assert_eq!(ms_since(epoch, &fresh.cell, at(1)), Some(1.0));
+    }
     use crate::latency::NoPredictions;
     use crate::pick::{Decision, RoundRobin};
     use proptest::prelude::*;

@@ -151,6 +151,9 @@ pub struct Engine {
     steps: u64,
     /// Token events since the last `take_emitted`, when recording is on.
     emitted: Option<Vec<TokenEvent>>,
+    /// When the last applied step emitted a token (what a gateway streaming the responses
+    /// sees as the endpoint's last token).
+    last_token_s: Option<f64>,
 }
 
 impl Engine {
@@ -170,7 +173,27 @@ impl Engine {
             in_flight: None,
             steps: 0,
             emitted: None,
+            last_token_s: None,
         }
+    }
+
+    /// When this engine last emitted a token, as of `now`: the end of the last step that
+    /// sampled one, counting the steps of a decode run in flight completed by `now`. None
+    /// before the first token. A gateway streaming the responses sees the same instant as the
+    /// endpoint's most recent streamed token.
+    pub fn last_token_at(&self, now: f64) -> Option<f64> {
+        if let Some(InFlight::DecodeRun {
+            start,
+            steps,
+            context_sum,
+        }) = &self.in_flight
+        {
+            let done = self.completed_run_steps(*start, *steps, *context_sum, now);
+            if done > 0 && !self.running.is_empty() {
+                return Some(start + self.run_time(*context_sum, done));
+            }
+        }
+        self.last_token_s
     }
 
     /// Starts recording [`TokenEvent`]s (off by default: the simulator does not need them).
@@ -481,6 +504,9 @@ impl Engine {
             }
         }
         let b = self.running.len() as u64;
+        if b > 0 {
+            self.last_token_s = Some(end);
+        }
         for j in 0..n {
             let d = cost.decode_step_time(batch, context_sum, j);
             let observers = if j == 0 { b - fresh } else { b };
@@ -532,6 +558,7 @@ impl Engine {
                     Some(_) => self.counters.itl.observe(end - s.last_token_s),
                 }
                 s.last_token_s = end;
+                self.last_token_s = Some(end);
                 if let Some(events) = self.emitted.as_mut() {
                     events.push(TokenEvent {
                         id: s.req.id,

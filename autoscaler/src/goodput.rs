@@ -297,6 +297,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .as_ref()
                     .filter(|l| v.ready > 0 && l.request_rate > 0.0)
                 else {
+                    // A window without observations is not a calm one.
+                    self.calm_since[i] = None;
                     continue;
                 };
                 // Ratio of this variant's observed p95 to the target.

@@ -157,3 +157,22 @@ fn a_miss_while_replicas_start_does_not_derate() {
     let c = f.step(30.0, 2.0);
     assert!(c < 1.0, "{c}");
 }
+
+#[test]
+fn a_decision_without_traffic_restarts_the_calm_window() {
+    let mut f = Fleet::new(4, 4);
+    let w = window(&f.cfg);
+    for _ in 0..w - 2 {
+        assert_eq!(f.step(16.0, 0.3), 1.0);
+    }
+    // A decision that saw no finished request says nothing about the latency.
+    assert_eq!(f.step(0.0, 0.3), 1.0);
+    for k in 0..w {
+        assert_eq!(f.step(16.0, 0.3), 1.0, "raised {k} decisions after the gap");
+    }
+    let mut c = 1.0;
+    for _ in 0..3 {
+        c = f.step(16.0, 0.3);
+    }
+    assert!(c > 1.0, "{c}");
+}

@@ -170,8 +170,8 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         &self.forecaster
     }
 
-    /// The optimiser's candidates for a load shape.
-    fn candidates(&mut self, view: &ClusterView, shape: &LoadShape) -> Vec<Candidate> {
+    /// The optimiser's candidates, from each variant's probed rate per replica (`probed`).
+    fn candidates(&self, view: &ClusterView, probed: &[f64]) -> Vec<Candidate> {
         view.variants
             .iter()
             .enumerate()
@@ -188,7 +188,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 rate_per_replica: if self.is_set_aside(i, view.now_s) {
                     0.0
                 } else {
-                    self.capacity.max_rate(i, shape)
+                    probed.get(i).copied().unwrap_or(0.0)
                         * self.cfg.utilisation
                         * self.correction.get(i).copied().unwrap_or(1.0)
                 },
@@ -288,6 +288,21 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 self.correction[i] = self.cfg.min_correction;
             }
         }
+        // Demand includes requests held at the gateway: they are what wakes a fleet at zero
+        // (the floor below comes back the moment demand is seen).
+        let waiting = view.gateway_waiting.unwrap_or(0);
+        if est.rate > 0.0 || running > 0.0 || waiting > 0 {
+            self.last_demand_s = Some(view.now_s);
+        }
+        if !est.fresh && self.last_forecast.is_none() {
+            // No usable data yet: hold the fleet as it is.
+            return Vec::new();
+        }
+        // Each variant's sustainable rate per replica for this shape, as probed (once per
+        // decision: the correction, the candidates and the speed rule all read it).
+        let probed: Vec<f64> = (0..view.variants.len())
+            .map(|i| self.capacity.max_rate(i, &shape))
+            .collect();
         if let Some(slo) = self.cfg.slo
             && est.fresh
         {
@@ -332,7 +347,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     // CV-2 arrivals, where a fleet behind the router pools its bursts), but only
                     // when the replicas carry a real share of their rating and have stayed that
                     // calm for a whole stabilisation window.
-                    let rated = self.capacity.max_rate(i, &shape) * *c;
+                    let rated = probed[i] * *c;
                     let per_replica = l.request_rate / f64::from(v.ready.max(1));
                     let calm_since = *self.calm_since[i].get_or_insert(view.now_s);
                     let evidence = rated > 0.0
@@ -373,16 +388,6 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 }
             }
         }
-        // Demand includes requests held at the gateway: they are what wakes a fleet at zero
-        // (the floor below comes back the moment demand is seen).
-        let waiting = view.gateway_waiting.unwrap_or(0);
-        if est.rate > 0.0 || running > 0.0 || waiting > 0 {
-            self.last_demand_s = Some(view.now_s);
-        }
-        if !est.fresh && self.last_forecast.is_none() {
-            // No usable data yet: hold the fleet as it is.
-            return Vec::new();
-        }
         let fc = if est.fresh {
             let fc = self.forecaster.observe(view.now_s, est.rate, horizon);
             self.last_forecast = Some(fc);
@@ -391,7 +396,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             // Hold the last forecast rather than learn from a gap in the data.
             self.last_forecast.unwrap_or(fc_zero())
         };
-        let cands = self.candidates(view, &shape);
+        let cands = self.candidates(view, &probed);
         let pool_caps: Vec<u32> = view.pools.iter().map(|p| p.capacity).collect();
         // Replicas started for a new mix are paid for through their start-up while serving
         // nothing; a mix must save more than that over a stabilisation window to replace one.
@@ -405,9 +410,6 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .max(self.cfg.interval_s)
                     .max(1.0),
         };
-        let probed: Vec<f64> = (0..view.variants.len())
-            .map(|i| self.capacity.max_rate(i, &shape))
-            .collect();
         let speeds = Speeds {
             per_replica: &probed,
             min_ratio: self.cfg.min_speed_ratio,

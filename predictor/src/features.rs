@@ -104,6 +104,9 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "step_remaining_ms",
 ];
 
+/// Indices of the step-phase features (`ms_since_last_token`, `step_remaining_ms`).
+const STEP_PHASE_FEATURES: (usize, usize) = (17, 18);
+
 /// Features a target's model does not see (held at 0 in training and prediction alike). The
 /// step-phase features say when a new prompt's prefill can start, which is TTFT's business; to
 /// a TPOT model they were one more proxy of load, learned from the training workloads' load
@@ -111,7 +114,7 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
 pub const fn ignored_features(t: Target) -> &'static [usize] {
     match t {
         Target::Ttft => &[],
-        Target::Tpot => &[17, 18],
+        Target::Tpot => &[STEP_PHASE_FEATURES.0, STEP_PHASE_FEATURES.1],
     }
 }
 
@@ -304,6 +307,25 @@ mod tests {
         let v = f.vector();
         assert_eq!(v[5], 250.0);
         assert_eq!(v[10], 750.0);
+    }
+
+    #[test]
+    fn the_tpot_model_ignores_exactly_the_step_phase_features() {
+        let names: Vec<&str> = ignored_features(Target::Tpot)
+            .iter()
+            .map(|&i| FEATURE_NAMES[i])
+            .collect();
+        assert_eq!(names, ["ms_since_last_token", "step_remaining_ms"]);
+        assert!(ignored_features(Target::Ttft).is_empty());
+        // Unknown is -1, and nothing remains of a step with no request running.
+        let v = Features {
+            num_request_running: 0,
+            ms_since_last_token: Some(3.0),
+            ..Default::default()
+        }
+        .vector();
+        assert_eq!((v[17], v[18]), (3.0, 0.0));
+        assert_eq!(Features::default().vector()[17], -1.0);
     }
 
     #[test]

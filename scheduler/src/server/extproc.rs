@@ -538,7 +538,7 @@ impl Conversation {
         // held it counts in `requests_waiting`, what an autoscaler wakes a fleet on.
         let hold_until = Instant::now() + self.shared.hold_when_no_endpoint;
         let mut waiting: Option<Waiting<'_>> = None;
-        let (started, (decision, ticket, dest, prefiller, predictor)) = loop {
+        let (started, (decision, ticket, dest, prefiller, predictor, token_clock)) = loop {
             let started = Instant::now();
             let picked = {
                 let mut pool = self.shared.lock();
@@ -556,7 +556,7 @@ impl Conversation {
                 if let Some(t) = t {
                     self.shared.set_in_flight(&pool, t.slot);
                 }
-                (d, t, dest, pre, (predictor, clock))
+                (d, t, dest, pre, predictor, clock)
             };
             if picked.0 == Decision::NoEndpoint && started < hold_until {
                 waiting.get_or_insert_with(|| Waiting::new(&self.shared.metrics));
@@ -594,7 +594,6 @@ impl Conversation {
                 m.ttft_headroom.observe((slo - p.ttft_ms) / 1e3);
             }
         }
-        let (predictor, token_clock) = predictor;
         self.dispatched = Some(Dispatched {
             shared: Arc::clone(&self.shared),
             ticket,

@@ -1,6 +1,10 @@
 //! Training data from the simulator: a recording router that picks a replica (random, so that
 //! the data covers idle and loaded endpoints alike) and snapshots the chosen endpoint's state
 //! at dispatch, joined after the run with the request's measured TTFT and mean ITL.
+//!
+//! [`Knowledge::Future`] replaces two inputs with what happened *after* dispatch, which no
+//! predictor can know: it measures how much of the TPOT error is the future (see
+//! `examples/tpot_floor.rs` and docs/predictor.md).
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // test code
 
@@ -12,6 +16,19 @@ use goodput_sim::engine::StepMode;
 use goodput_sim::policy::{FixedReplicas, ReplicaView, RouteRequest, Router};
 use goodput_sim::run::load_workload;
 use goodput_sim::scenario::Scenario;
+
+pub mod evaluation;
+
+/// What the features of a sample may know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knowledge {
+    /// The endpoint's state at dispatch, as a router sees it (the real thing).
+    AtDispatch,
+    /// An oracle for TPOT: `num_request_running` is the mean number of requests decoding on the
+    /// replica while this one decodes, and `decode_tokens_in_flight` the uncached prompt tokens
+    /// per second dispatched to the replica during that time.
+    Future,
+}
 
 /// What the router saw for one request.
 #[derive(Debug, Clone, Copy)]
@@ -90,15 +107,15 @@ pub struct Timed {
 }
 
 /// Runs `scenario_yaml` with the recording router and returns one sample per finished request.
-pub fn collect(scenario_yaml: &str, seed: u64) -> Vec<Sample> {
-    collect_timed(scenario_yaml, seed)
+pub fn collect(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Vec<Sample> {
+    collect_timed(scenario_yaml, seed, knowledge)
         .into_iter()
         .map(|t| t.sample)
         .collect()
 }
 
 /// [`collect`] with the dispatch and finish time of each request, in dispatch order.
-pub fn collect_timed(scenario_yaml: &str, seed: u64) -> Vec<Timed> {
+pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Vec<Timed> {
     let scenario = Scenario::from_yaml(scenario_yaml, "test").expect("scenario");
     let workload = load_workload(&scenario, std::path::Path::new(".")).expect("workload");
     let mut router = Recorder {
@@ -123,6 +140,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64) -> Vec<Timed> {
     // InFlightLoad producer tracks), computed from the run's outcomes.
     let mut per_replica: Vec<Vec<(f64, f64, u64)>> = Vec::new(); // (dispatch, first token, tokens)
     let mut out = Vec::with_capacity(router.dispatches.len());
+    let oracle = (knowledge == Knowledge::Future).then(|| FutureOfReplicas::new(&router, &run));
     for d in &router.dispatches {
         let o = &run.outcomes[d.id as usize];
         let t = o.arrival_s;
@@ -140,7 +158,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64) -> Vec<Timed> {
         else {
             continue;
         };
-        let features = Features {
+        let mut features = Features {
             kv_cache_percentage: d.view.kv_usage.clamp(0.0, 1.0),
             input_token_length: d.input,
             num_request_waiting: d.view.waiting as u32,
@@ -152,6 +170,11 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64) -> Vec<Timed> {
             decode_tokens_in_flight: 0,
             ms_since_last_token: d.view.since_last_token_s.map(|s| s * 1e3),
         };
+        if let (Some(oracle), Some(first)) = (&oracle, o.first_token_s) {
+            let (decoding, prefill_rate) = oracle.during(d.replica, first, finished_s);
+            features.num_request_running = decoding.round() as u32;
+            features.decode_tokens_in_flight = prefill_rate.round() as u64;
+        }
         out.push(Timed {
             sample: Sample {
                 features,
@@ -163,6 +186,54 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64) -> Vec<Timed> {
         });
     }
     out
+}
+
+/// Per replica, when each request decoded and when its prompt arrived (for [`Knowledge::Future`]).
+struct FutureOfReplicas {
+    /// (first token, finish) of each request, per replica.
+    decodes: Vec<Vec<(f64, f64)>>,
+    /// (dispatch, uncached prompt tokens) of each request, per replica.
+    prompts: Vec<Vec<(f64, f64)>>,
+}
+
+impl FutureOfReplicas {
+    fn new(router: &Recorder, run: &goodput_sim::cluster::ClusterRun) -> Self {
+        let n = router
+            .dispatches
+            .iter()
+            .map(|d| d.replica + 1)
+            .max()
+            .unwrap_or(0);
+        let mut this = Self {
+            decodes: vec![Vec::new(); n],
+            prompts: vec![Vec::new(); n],
+        };
+        for d in &router.dispatches {
+            let o = &run.outcomes[d.id as usize];
+            if let (Some(a), Some(b)) = (o.first_token_s, o.finish_s) {
+                this.decodes[d.replica].push((a, b));
+            }
+            let uncached = (1.0 - d.prefix_score) * d.input as f64;
+            this.prompts[d.replica].push((o.arrival_s, uncached));
+        }
+        this
+    }
+
+    /// Mean requests decoding on `replica` over `[from, to]`, and uncached prompt tokens per
+    /// second dispatched to it then.
+    fn during(&self, replica: usize, from: f64, to: f64) -> (f64, f64) {
+        let span = (to - from).max(1e-3);
+        let overlap: f64 = self.decodes[replica]
+            .iter()
+            .map(|&(a, b)| (b.min(to) - a.max(from)).max(0.0))
+            .sum();
+        let tokens: f64 = self.prompts[replica]
+            .iter()
+            .filter(|&&(t, _)| t > from && t <= to)
+            .map(|&(_, x)| x)
+            .sum();
+        (overlap / span, tokens / span)
+    }
 }
 
 /// A one-variant scenario of `replicas` replicas with the given generator workload.

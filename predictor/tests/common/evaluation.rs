@@ -1,0 +1,202 @@
+//! The accuracy evaluation shared by `tests/accuracy.rs` and `examples/tpot_floor.rs`: the
+//! training and unseen workloads, the predictor as the scheduler configures it, and the two
+//! ways of scoring it (the model alone; served at dispatch with online calibration).
+
+use goodput_predictor::window::WindowConfig;
+use goodput_predictor::{
+    Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Served, Target, VariantPhysics,
+};
+
+use super::{Knowledge, Timed};
+
+pub fn generator(rate: f64, lengths: &str, extra: &str, seed: u64) -> String {
+    format!(
+        "    rate: {rate}\n    duration_s: 900\n    lengths: {lengths}\n    seed: {seed}\n{extra}"
+    )
+}
+
+fn run(
+    accelerator: &str,
+    replicas: u32,
+    workload: String,
+    seed: u64,
+    knowledge: Knowledge,
+) -> Vec<Sample> {
+    super::collect(
+        &super::scenario(accelerator, replicas, &workload),
+        seed,
+        knowledge,
+    )
+}
+
+fn run_timed(
+    accelerator: &str,
+    replicas: u32,
+    workload: String,
+    seed: u64,
+    knowledge: Knowledge,
+) -> Vec<Timed> {
+    super::collect_timed(
+        &super::scenario(accelerator, replicas, &workload),
+        seed,
+        knowledge,
+    )
+}
+
+/// The five training workloads (900 s each on 4 × H100).
+pub fn training_data(knowledge: Knowledge) -> Vec<Sample> {
+    let mut all = Vec::new();
+    for (i, (rate, lengths, extra)) in [
+        (10.0, "azure-conv", ""),
+        (24.0, "azure-conv", "    arrival: { gamma: { cv: 2.0 } }\n"),
+        (30.0, "sharegpt", ""),
+        (
+            10.0,
+            "azure-code",
+            "    prefix: { groups: 16, prefix_tokens: 1024 }\n",
+        ),
+        (5.0, "arxiv", "    arrival: { gamma: { cv: 1.5 } }\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        all.extend(run(
+            "h100",
+            4,
+            generator(rate, lengths, extra, 100 + i as u64),
+            11 + i as u64,
+            knowledge,
+        ));
+    }
+    all
+}
+
+/// The two workloads never trained on, with each request's dispatch and finish time.
+pub fn held_out_workloads(knowledge: Knowledge) -> Vec<(&'static str, Vec<Timed>)> {
+    vec![
+        (
+            "azure-conv 16 req/s, daily envelope, shared prefixes",
+            run_timed(
+                "h100",
+                4,
+                generator(
+                    16.0,
+                    "azure-conv",
+                    "    envelope: { daily: { peak_to_trough: 3.0, period_s: 900 } }\n    prefix: { groups: 8, prefix_tokens: 512 }\n",
+                    900,
+                ),
+                901,
+                knowledge,
+            ),
+        ),
+        (
+            "sharegpt 22 req/s, bursty",
+            run_timed(
+                "h100",
+                4,
+                generator(
+                    22.0,
+                    "sharegpt",
+                    "    arrival: { gamma: { cv: 3.0 } }\n",
+                    902,
+                ),
+                903,
+                knowledge,
+            ),
+        ),
+    ]
+}
+
+/// The model's own predictions (no online calibration) against the labels.
+pub fn score_frozen(p: &Predictor, samples: &[Timed], t: Target) -> Accuracy {
+    let m = p.models();
+    Accuracy::score(samples.iter().filter_map(|s| {
+        let y = s.sample.target(t)?;
+        let q = m.predict_raw(&s.sample.features).target(t);
+        Some((q.point, [q.p50, q.p90, q.p99], y))
+    }))
+}
+
+/// What a user of the predictor gets: each request predicted at dispatch with the calibration
+/// of that moment, its labels added to the predictor when it finishes (no retraining), with the
+/// prediction served (`keep_served`, as an in-process caller can) or without (as llm-d's EPP
+/// sends them).
+pub fn score_served(p: &Predictor, samples: &[Timed], keep_served: bool) -> [Accuracy; 2] {
+    let version = p.models().version;
+    enum Event {
+        Dispatch(usize),
+        Finish(usize),
+    }
+    let mut events: Vec<(f64, Event)> = Vec::with_capacity(2 * samples.len());
+    for (i, s) in samples.iter().enumerate() {
+        events.push((s.dispatched_s, Event::Dispatch(i)));
+        events.push((s.finished_s, Event::Finish(i)));
+    }
+    // Stable: a request that finishes at the instant another is dispatched is learned first
+    // only if it was pushed first, which keeps dispatch before its own finish.
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut served = vec![None; samples.len()];
+    for (now, e) in events {
+        match e {
+            Event::Dispatch(i) => served[i] = Some(p.predict(&samples[i].sample.features)),
+            Event::Finish(i) => match (keep_served, served[i]) {
+                (true, Some(prediction)) => p.add_served_samples(
+                    &[(
+                        samples[i].sample,
+                        Served {
+                            version,
+                            prediction,
+                        },
+                    )],
+                    now,
+                ),
+                _ => p.add_samples(&[samples[i].sample], now),
+            },
+        }
+    }
+    Target::ALL.map(|t| {
+        Accuracy::score(samples.iter().zip(&served).filter_map(|(s, pred)| {
+            let y = s.sample.target(t)?;
+            let q = pred.as_ref()?.target(t);
+            Some((q.point, [q.p50, q.p90, q.p99], y))
+        }))
+    })
+}
+
+/// H100's predictor (with its physics) trained once on `train`.
+pub fn trained(train: &[Sample]) -> Predictor {
+    let catalog = goodput_core::Catalog::builtin();
+    let physics = VariantPhysics::new(
+        catalog.model("llama-3.1-8b").expect("model"),
+        catalog.accelerator("h100").expect("accelerator"),
+        1,
+    );
+    let p = Predictor::new(PredictorConfig {
+        physics: Some(physics),
+        window: WindowConfig {
+            per_bucket: 400,
+            held_out_cap: 8000,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    p.add_samples(train, 0.0);
+    p.retrain(RetrainReason::Manual, 0.0).expect("fitted");
+    p
+}
+
+/// Prints one accuracy line.
+pub fn line(name: &str, how: &str, t: Target, a: &Accuracy) {
+    eprintln!(
+        "held-out {name} [{how}]: {} rows={} MAPE={:.2}% coverage(p50,p90,p99)=({:.3},{:.3},{:.3}) pinball(ms)=({:.3},{:.3},{:.3})",
+        t.as_str(),
+        a.rows,
+        a.mape_percent,
+        a.coverage[0],
+        a.coverage[1],
+        a.coverage[2],
+        a.pinball_ms[0],
+        a.pinball_ms[1],
+        a.pinball_ms[2],
+    );
+}

@@ -17,8 +17,12 @@
 //! Data flow: `Predictor::add_samples` replays each labelled sample's features through the
 //! current version's raw model and calls [`TargetCalibration::observe`] (one writer, under the
 //! predictor's training lock); predictions read the published multipliers with relaxed atomic
-//! loads, so the hot path never waits and pays no `exp`. A new version starts with a fresh,
-//! neutral calibration: it was fitted on the recent rows the old corrections were learned from.
+//! loads, so the hot path never waits and pays no `exp`. A new version starts with a neutral
+//! point bias, since it was fitted on the recent rows the old bias was learned from, but keeps
+//! the quantile offsets ([`TargetCalibration::successor`]): its conformal quantiles come from a
+//! held-out slice that still holds mostly older traffic, whose spread the offsets were
+//! correcting. Starting them neutral cost 2-6 points of p90 coverage on unseen workloads
+//! retrained every 30 s (0.83-0.87 instead of 0.88-0.90; docs/predictor.md).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +131,27 @@ impl TargetCalibration {
             ],
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The calibration of the next model version: the quantile offsets carry over, the point
+    /// bias and the live accuracy start anew (see the module docs for why).
+    pub fn successor(&self) -> Self {
+        let previous = match self.state.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        let next = Self::new(self.config);
+        let state = State {
+            log_offsets: previous.log_offsets,
+            ..State::default()
+        };
+        for (f, o) in next.quantile_factors.iter().zip(state.log_offsets) {
+            f.set(o.exp());
+        }
+        if let Ok(mut g) = next.state.lock() {
+            *g = state;
+        }
+        next
     }
 
     /// The step sizes this calibration runs with.
@@ -311,6 +336,29 @@ mod tests {
         let f = c.factor(Some(0.95));
         let (a, b) = (c.factor(Some(0.9)), c.factor(Some(0.99)));
         assert!(f >= a.min(b) && f <= a.max(b));
+    }
+
+    #[test]
+    fn a_successor_keeps_the_quantile_offsets_and_restarts_the_bias() {
+        let c = TargetCalibration::default();
+        // Labels 1.5x the model's point with the raw quantiles far too narrow.
+        for i in 0..3_000 {
+            c.observe(raw(10.0), 15.0 * spread(i) * spread(i + 99));
+        }
+        let old = c.apply(raw(10.0));
+        let next = c.successor();
+        let new = next.apply(raw(10.0));
+        assert_eq!(new.point, 10.0, "the bias restarts");
+        assert_eq!(next.live().rows, 0);
+        // The offsets (quantile factor over bias) are the old ones.
+        for (a, b) in [(old.p50, new.p50), (old.p90, new.p90), (old.p99, new.p99)] {
+            let carried = a / c.factor(None) / (b / 1.0);
+            assert!((carried - 1.0).abs() < 1e-12, "{a} vs {b}");
+        }
+        assert!(
+            new.p90 > raw(10.0).p90,
+            "the widened p90 stays wide: {new:?}"
+        );
     }
 
     #[test]

@@ -185,8 +185,8 @@ pub fn fit_models(
             tpot,
             physics: previous.physics,
             online: Arc::new([
-                TargetCalibration::new(previous.online[0].config()),
-                TargetCalibration::new(previous.online[1].config()),
+                previous.online[0].successor(),
+                previous.online[1].successor(),
             ]),
         },
         errors,
@@ -642,7 +642,7 @@ mod tests {
             (t - after).abs() < 1e-9,
             "the bulk path serves the same point"
         );
-        // A new version starts neutral.
+        // A new version starts with a neutral bias (and the offsets of the old one).
         p.retrain(RetrainReason::Manual, 2.0).unwrap();
         let fresh = p.models();
         assert_eq!(fresh.live()[0].rows, 0);

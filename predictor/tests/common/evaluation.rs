@@ -1,4 +1,4 @@
-//! The accuracy evaluation shared by `tests/accuracy.rs` and `examples/tpot_floor.rs`: the
+//! The accuracy evaluation shared by `tests/accuracy.rs` and `examples/accuracy_limits.rs`: the
 //! training and unseen workloads, the predictor as the scheduler configures it, and the two
 //! ways of scoring it (the model alone; served at dispatch with online calibration).
 
@@ -122,7 +122,18 @@ pub fn score_frozen(p: &Predictor, samples: &[Timed], t: Target) -> Accuracy {
 /// prediction served (`keep_served`, as an in-process caller can) or without (as llm-d's EPP
 /// sends them).
 pub fn score_served(p: &Predictor, samples: &[Timed], keep_served: bool) -> [Accuracy; 2] {
-    let version = p.models().version;
+    score_prequential(p, samples, keep_served, None)
+}
+
+/// [`score_served`], with the predictor also retrained every `retrain_every_s` of simulated
+/// time as its background trainer does in service (test-then-train: each request is predicted
+/// before its own labels exist, by the model fitted on the labels that had arrived by then).
+pub fn score_prequential(
+    p: &Predictor,
+    samples: &[Timed],
+    keep_served: bool,
+    retrain_every_s: Option<f64>,
+) -> [Accuracy; 2] {
     enum Event {
         Dispatch(usize),
         Finish(usize),
@@ -136,15 +147,26 @@ pub fn score_served(p: &Predictor, samples: &[Timed], keep_served: bool) -> [Acc
     // only if it was pushed first, which keeps dispatch before its own finish.
     events.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut served = vec![None; samples.len()];
+    let mut versions = vec![0; samples.len()];
+    let mut next_retrain = events.first().map_or(0.0, |e| e.0) + retrain_every_s.unwrap_or(0.0);
     for (now, e) in events {
+        if let Some(every) = retrain_every_s
+            && now >= next_retrain
+        {
+            p.retrain(RetrainReason::Schedule, now);
+            next_retrain = now + every;
+        }
         match e {
-            Event::Dispatch(i) => served[i] = Some(p.predict(&samples[i].sample.features)),
+            Event::Dispatch(i) => {
+                versions[i] = p.models().version;
+                served[i] = Some(p.predict(&samples[i].sample.features));
+            }
             Event::Finish(i) => match (keep_served, served[i]) {
                 (true, Some(prediction)) => p.add_served_samples(
                     &[(
                         samples[i].sample,
                         Served {
-                            version,
+                            version: versions[i],
                             prediction,
                         },
                     )],

@@ -4,7 +4,7 @@
 //!
 //! [`Knowledge::Future`] replaces two inputs with what happened *after* dispatch, which no
 //! predictor can know: it measures how much of the TPOT error is the future (see
-//! `examples/tpot_floor.rs` and docs/predictor.md).
+//! `examples/accuracy_limits.rs` and docs/predictor.md).
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // test code
 

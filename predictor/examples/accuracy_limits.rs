@@ -1,0 +1,72 @@
+//! What limits the predictor's accuracy on workloads it was not trained on, measured with the
+//! evaluation of `tests/accuracy.rs`:
+//! - **the future**: the same evaluation with an oracle that knows what happens on the replica
+//!   while a request decodes (its mean decoding batch and the prompt tokens that arrive then).
+//!   The gap to the dispatch-time features is TPOT error no dispatch-time predictor can remove;
+//!   the oracle's own error is what the models leave.
+//! - **what has been seen**: the accuracy test never retrains during an unseen workload; in
+//!   service the trainer retrains on a cadence on what has arrived. Here every request is still
+//!   predicted before its own labels exist (test-then-train), with a retraining every 30 s of
+//!   simulated time.
+//!
+//! docs/predictor.md quotes the figures.
+//!
+//! `cargo run --release -p goodput-predictor --example accuracy_limits` (about 3 minutes)
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a measurement: a failed set-up should panic
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Knowledge;
+use common::evaluation::{
+    held_out_workloads, line, score_frozen, score_prequential, score_served, trained, training_data,
+};
+use goodput_predictor::Target;
+
+fn main() {
+    for knowledge in [Knowledge::AtDispatch, Knowledge::Future] {
+        let how = match knowledge {
+            Knowledge::AtDispatch => "at dispatch",
+            Knowledge::Future => "future known",
+        };
+        let train = training_data(knowledge);
+        let p = trained(&train);
+        let m = p.models();
+        let fitted = m.target(Target::Tpot).expect("fitted");
+        eprintln!(
+            "[{how}] TPOT in-window held-out: {:?} MAPE {:.2}% p90 coverage {:.3}",
+            fitted.regressor.family(),
+            fitted.accuracy.mape_percent,
+            fitted.accuracy.coverage[1]
+        );
+        for (name, samples) in held_out_workloads(knowledge) {
+            let p = trained(&train);
+            line(
+                name,
+                &format!("{how}, model alone"),
+                Target::Tpot,
+                &score_frozen(&p, &samples, Target::Tpot),
+            );
+            let served = score_served(&p, &samples, true);
+            line(
+                name,
+                &format!("{how}, calibrated online"),
+                Target::Tpot,
+                &served[Target::Tpot.index()],
+            );
+            if knowledge == Knowledge::AtDispatch {
+                let p = trained(&train);
+                let served = score_prequential(&p, &samples, true, Some(30.0));
+                for t in Target::ALL {
+                    line(
+                        name,
+                        "at dispatch, online + retrained every 30 s",
+                        t,
+                        &served[t.index()],
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,12 +1,12 @@
-//! Accuracy on simulator data. Guards three behaviours: (1) conformal calibration: on the
+//! Accuracy on simulator data. Guards four behaviours: (1) conformal calibration: on the
 //! held-out slice of the training distribution p90 covers 88-92 % of requests; (2) on workloads
 //! never trained on (other length mix, envelope, burstiness, prefix sharing), the predictions
 //! served, calibrated online from the labels as they arrive (each request's labels reach the
 //! predictor when it finishes, as llm-d's EPP sends them), cover 88-92 % at p90; (3) their MAPE
 //! stays within the regression bounds below; (4) on azure-conv, retrained every 120 s on what has
 //! arrived as in service (each request still predicted before its labels exist), TTFT gets
-//! more accurate, TPOT no worse, and p90 coverage stays 88-92 %. The model's own (frozen) figures on the unseen
-//! workloads are printed next to them. The predictor is per variant (H100 here) with the
+//! more accurate, TPOT no worse, and p90 coverage stays 88-92 %. The model's own (frozen)
+//! figures on the unseen workloads are printed next to them. The predictor is per variant (H100 here) with the
 //! variant's physics priors, as goodput's scheduler keeps it. The 5 % MAPE target is NOT
 //! met on this data (see docs/predictor.md, "Accuracy").
 //!

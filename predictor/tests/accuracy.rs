@@ -6,9 +6,9 @@
 //! stays within the regression bounds below; (4) on azure-conv, retrained every 120 s on what has
 //! arrived as in service (each request still predicted before its labels exist), TTFT gets
 //! more accurate, TPOT no worse, and p90 coverage stays 88-92 %. The model's own (frozen)
-//! figures on the unseen workloads are printed next to them. The predictor is per variant (H100 here) with the
-//! variant's physics priors, as goodput's scheduler keeps it. The 5 % MAPE target is NOT
-//! met on this data (see docs/predictor.md, "Accuracy").
+//! figures on the unseen workloads are printed next to them. The predictor is per variant (H100
+//! here) with the variant's physics priors, as goodput's scheduler keeps it. The 5 % MAPE
+//! target is NOT met on this data (see docs/predictor.md, "Accuracy").
 //!
 //! Run with `--nocapture` to see the figures (docs/predictor.md quotes them).
 

@@ -45,6 +45,8 @@ fn builtin_run_prints_a_summary_and_writes_the_report() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("SLO attainment"), "{stdout}");
+    // The main command runs goodput's own autoscaler, and it holds the scenario's SLO.
+    assert!(stdout.contains("policy goodput"), "{stdout}");
     for variant in ["h100-tp1", "a100-tp1", "l40s-tp1", "v5e-tp4"] {
         assert!(stdout.contains(variant), "{variant} missing from\n{stdout}");
     }
@@ -54,6 +56,9 @@ fn builtin_run_prints_a_summary_and_writes_the_report() {
     let total = summary["requests"]["total"].as_u64().unwrap();
     assert!(total > 5000 && completed == total, "{completed} of {total}");
     assert!(summary["cost_usd"].as_f64().unwrap() > 0.0);
+    let target = summary["slo"]["percentile"].as_f64().unwrap() / 100.0;
+    let attained = summary["requests"]["slo_attainment"].as_f64().unwrap();
+    assert!(attained >= target, "attainment {attained} below {target}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("h100-tp1"));
     // One row per request, with its latencies and whether it met the SLO.

@@ -214,9 +214,10 @@ pub struct RunArgs {
     /// JSONL) instead of the scenario's workload.
     #[arg(long, env = "GOODPUT_SIM_TRACE")]
     pub trace: Option<PathBuf>,
-    /// Autoscaling policy: `fixed` keeps the scenario's replica counts; goodput, keda-slo,
-    /// wva-saturation, dynamo-planner, static-peak, hpa-kv.
-    #[arg(long, env = "GOODPUT_SIM_POLICY", default_value = "fixed")]
+    /// Autoscaling policy: goodput (the default: replicas of each variant sized for the SLOs
+    /// at the least cost), `fixed` (the scenario's replica counts, never changed), or a peer's
+    /// policy as a baseline: keda-slo, wva-saturation, dynamo-planner, static-peak, hpa-kv.
+    #[arg(long, env = "GOODPUT_SIM_POLICY", default_value = "goodput")]
     pub policy: String,
     /// Directory for summary.json, report.html and requests.csv (one row per request).
     #[arg(long, env = "GOODPUT_SIM_OUT", default_value = "goodput-report")]

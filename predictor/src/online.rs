@@ -133,9 +133,10 @@ impl TargetCalibration {
         }
     }
 
-    /// The calibration of the next model version: the quantile offsets carry over, the point
-    /// bias and the live accuracy start anew (see the module docs for why).
-    pub fn successor(&self) -> Self {
+    /// The calibration of the next model version: the quantile offsets carry over, the live
+    /// accuracy starts anew, and so does the point bias unless `same_model` (a target whose
+    /// refit failed keeps its model, and with it the bias learned for that model).
+    pub fn successor(&self, same_model: bool) -> Self {
         let previous = match self.state.lock() {
             Ok(g) => *g,
             Err(p) => *p.into_inner(),
@@ -143,10 +144,12 @@ impl TargetCalibration {
         let next = Self::new(self.config);
         let state = State {
             log_offsets: previous.log_offsets,
+            log_bias: if same_model { previous.log_bias } else { 0.0 },
             ..State::default()
         };
+        next.bias.set(state.log_bias.exp());
         for (f, o) in next.quantile_factors.iter().zip(state.log_offsets) {
-            f.set(o.exp());
+            f.set((state.log_bias + o).exp());
         }
         if let Ok(mut g) = next.state.lock() {
             *g = state;
@@ -346,19 +349,23 @@ mod tests {
             c.observe(raw(10.0), 15.0 * spread(i) * spread(i + 99));
         }
         let old = c.apply(raw(10.0));
-        let next = c.successor();
+        let next = c.successor(false);
         let new = next.apply(raw(10.0));
         assert_eq!(new.point, 10.0, "the bias restarts");
         assert_eq!(next.live().rows, 0);
         // The offsets (quantile factor over bias) are the old ones.
         for (a, b) in [(old.p50, new.p50), (old.p90, new.p90), (old.p99, new.p99)] {
-            let carried = a / c.factor(None) / (b / 1.0);
+            let carried = a / c.factor(None) / b;
             assert!((carried - 1.0).abs() < 1e-12, "{a} vs {b}");
         }
         assert!(
             new.p90 > raw(10.0).p90,
             "the widened p90 stays wide: {new:?}"
         );
+        // The same model again (its refit failed): everything carries but the live accuracy.
+        let same = c.successor(true);
+        assert_eq!(same.apply(raw(10.0)), old);
+        assert_eq!(same.live().rows, 0);
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub fn fit_models(
     now_s: f64,
 ) -> (ModelSet, Vec<FitError>) {
     let mut errors = Vec::new();
+    let mut refitted = [false; 2];
     let mut fit = |t: Target| {
         let d = match t {
             Target::Ttft => &snapshot.ttft,
@@ -168,7 +169,10 @@ pub fn fit_models(
             &d.evaluation,
             params,
         ) {
-            Ok(m) => Some(m),
+            Ok(m) => {
+                refitted[t.index()] = true;
+                Some(m)
+            }
             Err(e) => {
                 errors.push(e);
                 previous.target(t).cloned()
@@ -185,8 +189,8 @@ pub fn fit_models(
             tpot,
             physics: previous.physics,
             online: Arc::new([
-                previous.online[0].successor(),
-                previous.online[1].successor(),
+                previous.online[0].successor(!refitted[0]),
+                previous.online[1].successor(!refitted[1]),
             ]),
         },
         errors,

@@ -1,5 +1,6 @@
 //! The `goodput sim` command line as users and CI call it: the built-in run writes its report,
-//! traces replay, bad input fails with one line naming the file and line, `profile` prints JSON.
+//! traces replay, the scheduler's pickers can route it, bad input fails with one line naming
+//! the file and line, `profile` prints JSON.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -105,6 +106,42 @@ fn a_malformed_trace_fails_naming_file_and_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("broken.csv") && err.contains("line 3"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn the_schedulers_pickers_route_the_simulation() {
+    // goodput's picker, the code that runs behind Envoy, on the built-in fleet held fixed: it
+    // routes every request and keeps the SLO.
+    let out = temp_dir("router");
+    let o = goodput()
+        .args([
+            "sim", "run", "--policy", "fixed", "--router", "goodput", "--json", "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["router"], "goodput");
+    let requests = &report["requests"];
+    assert_eq!(requests["completed"], requests["total"]);
+    let target = report["slo"]["percentile"].as_f64().unwrap() / 100.0;
+    assert!(
+        requests["slo_attainment"].as_f64().unwrap() >= target,
+        "{requests}"
+    );
+    // An unknown name fails in one line that lists the routers.
+    let o = goodput()
+        .args(["sim", "run", "--router", "fastest"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown router `fastest`") && err.contains("prefix-load"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");

@@ -11,11 +11,10 @@
 //! learning happens between runs).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use goodput_predictor::{Predictor, PredictorConfig, RetrainReason, VariantPhysics};
-use goodput_scheduler::sim::{SimRouter, training_samples};
+use goodput_predictor::RetrainReason;
+use goodput_scheduler::sim::{SimRouter, physics_predictors, training_samples};
 use goodput_scheduler::{LatencyModel, VariantPredictors, picker_for};
 use goodput_sim::cluster::{ClusterRun, RunOptions, Variant, resolve_variants, run_cluster};
 use goodput_sim::policy::FixedReplicas;
@@ -77,23 +76,6 @@ fn scenario(case: &Case, data: &std::path::Path) -> anyhow::Result<Scenario> {
         case.rate_scale,
     );
     Ok(Scenario::from_yaml(&yaml, case.name)?)
-}
-
-fn physics_predictors(variants: &[Variant]) -> Vec<Option<Arc<Predictor>>> {
-    variants
-        .iter()
-        .map(|v| {
-            let physics = VariantPhysics {
-                cost: v.engine.cost,
-                token_budget: v.engine.limits.max_num_batched_tokens.max(1),
-                kv_capacity_tokens: v.engine.kv_capacity_tokens,
-            };
-            Some(Arc::new(Predictor::new(PredictorConfig {
-                physics: Some(physics),
-                ..Default::default()
-            })))
-        })
-        .collect()
 }
 
 struct Row {

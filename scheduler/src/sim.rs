@@ -10,8 +10,10 @@
 //! router hook has no completion callback, so the predictor learns between runs rather than
 //! during one.
 
+use std::sync::Arc;
+
 use goodput_core::Role;
-use goodput_predictor::{Features, PodType, Sample};
+use goodput_predictor::{Features, PodType, Predictor, PredictorConfig, Sample, VariantPhysics};
 use goodput_sim::cluster::{RequestOutcome, Variant};
 use goodput_sim::policy::{ReplicaView, RouteRequest, Router};
 
@@ -42,6 +44,26 @@ pub struct SimRouter<L: LatencyModel> {
     dispatches: Vec<Dispatch>,
     /// Picks that returned no endpoint or shed (the cluster holds the request and retries).
     pub held: u64,
+}
+
+/// One predictor per variant that predicts from the variant's physics (its roofline step cost,
+/// token budget and KV capacity) until it has been trained: what goodput's picker runs on
+/// before any latency was measured.
+pub fn physics_predictors(variants: &[Variant]) -> Vec<Option<Arc<Predictor>>> {
+    variants
+        .iter()
+        .map(|v| {
+            let physics = VariantPhysics {
+                cost: v.engine.cost,
+                token_budget: v.engine.limits.max_num_batched_tokens.max(1),
+                kv_capacity_tokens: v.engine.kv_capacity_tokens,
+            };
+            Some(Arc::new(Predictor::new(PredictorConfig {
+                physics: Some(physics),
+                ..Default::default()
+            })))
+        })
+        .collect()
 }
 
 /// The predictor's pod type for a simulator role.

@@ -79,6 +79,26 @@ pub fn simulate(
     progress: Option<&dyn Fn(f64)>,
 ) -> Result<Simulation, RunError> {
     let mut router = router_for(&scenario.router);
+    simulate_with_router(
+        scenario,
+        workload,
+        router.as_mut(),
+        autoscaler,
+        mode,
+        progress,
+    )
+}
+
+/// [`simulate`] with a router of the caller's instead of the scenario's (goodput's scheduler
+/// brings its pickers this way; the simulator does not depend on it).
+pub fn simulate_with_router(
+    scenario: &Scenario,
+    workload: &Workload,
+    router: &mut dyn Router,
+    autoscaler: Option<&mut dyn Autoscaler>,
+    mode: Option<StepMode>,
+    progress: Option<&dyn Fn(f64)>,
+) -> Result<Simulation, RunError> {
     let mut fixed = FixedReplicas;
     let autoscaler: &mut dyn Autoscaler = match autoscaler {
         Some(a) => a,
@@ -89,7 +109,7 @@ pub fn simulate(
         progress,
     };
     let started = Instant::now();
-    let run = run_cluster(scenario, workload, router.as_mut(), autoscaler, &options)?;
+    let run = run_cluster(scenario, workload, router, autoscaler, &options)?;
     let wall = started.elapsed().as_secs_f64();
     let report = summarise(
         scenario,

@@ -8,8 +8,9 @@ use clap::{Args, Subcommand};
 use goodput_core::Catalog;
 use goodput_sim::engine::StepMode;
 use goodput_sim::policy::Autoscaler;
+use goodput_sim::policy::Router;
 use goodput_sim::report::{html, table};
-use goodput_sim::run::{load_workload, simulate};
+use goodput_sim::run::{load_workload, router_for, simulate_with_router};
 use goodput_sim::scenario::{Scenario, WorkloadSpec};
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +220,12 @@ pub struct RunArgs {
     /// policy as a baseline: keda-slo, wva-saturation, dynamo-planner, static-peak, hpa-kv.
     #[arg(long, env = "GOODPUT_SIM_POLICY", default_value = "goodput")]
     pub policy: String,
+    /// Request router: `scenario` (the default: the scenario's own `router:`, least-loaded or
+    /// round-robin), or one of the scheduler's pickers, the code that runs behind Envoy: goodput
+    /// (SLO-aware, predicting each replica's TTFT and TPOT from its variant's physics),
+    /// least-requests, prefix-load (llm-d's default prefix + load scorer), round-robin.
+    #[arg(long, env = "GOODPUT_SIM_ROUTER", default_value = "scenario")]
+    pub router: String,
     /// Directory for summary.json, report.html and requests.csv (one row per request).
     #[arg(long, env = "GOODPUT_SIM_OUT", default_value = "goodput-report")]
     pub out: PathBuf,
@@ -267,6 +274,34 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The router `sim run` uses: one of goodput's scheduler pickers (on physics predictions),
+/// or with `scenario` the simulator's router the scenario names.
+fn sim_router(
+    name: &str,
+    scenario: &Scenario,
+    workload: &goodput_sim::workload::Workload,
+) -> anyhow::Result<Box<dyn Router>> {
+    use goodput_scheduler::sim::{SimRouter, physics_predictors};
+    if name == "scenario" {
+        return Ok(router_for(&scenario.router));
+    }
+    let picker = goodput_scheduler::picker_for(name).with_context(|| {
+        format!(
+            "unknown router `{name}` (one of {}, scenario)",
+            goodput_scheduler::PICKERS.join(", ")
+        )
+    })?;
+    let variants = goodput_sim::cluster::resolve_variants(&scenario, scenario.mode)?;
+    let latency = goodput_scheduler::VariantPredictors::new(physics_predictors(&variants));
+    Ok(Box::new(SimRouter::new(
+        picker,
+        latency,
+        &variants,
+        workload.hash_block_tokens,
+        Some((scenario.slo.ttft_ms, scenario.slo.itl_ms)),
+    )))
+}
+
 fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     let (mut scenario, base) = match &args.scenario {
         Some(p) => (
@@ -290,6 +325,7 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     let workload = load_workload(&scenario, &base)?;
     let mut prepared = goodput_autoscaler::compare::prepare(&args.policy, &scenario, &workload)?;
     let scenario = prepared.scenario.clone();
+    let mut router = sim_router(&args.router, &scenario, &workload)?;
     let mode = args.step_by_step.then_some(StepMode::StepByStep);
     let bar = std::io::stdout().is_terminal().then(|| {
         let bar = indicatif_bar();
@@ -301,9 +337,10 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         move |f: f64| b.set_position((f * 1000.0) as u64)
     });
     let progress_ref: Option<&dyn Fn(f64)> = progress.as_ref().map(|p| p as &dyn Fn(f64));
-    let sim = simulate(
+    let sim = simulate_with_router(
         &scenario,
         &workload,
+        router.as_mut(),
         prepared
             .policy
             .as_deref_mut()

@@ -7,8 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use goodput_core::Catalog;
 use goodput_sim::engine::StepMode;
-use goodput_sim::policy::Autoscaler;
-use goodput_sim::policy::Router;
+use goodput_sim::policy::{Autoscaler, Router};
 use goodput_sim::report::{html, table};
 use goodput_sim::run::{load_workload, router_for, simulate_with_router};
 use goodput_sim::scenario::{Scenario, WorkloadSpec};
@@ -291,7 +290,7 @@ fn sim_router(
             goodput_scheduler::PICKERS.join(", ")
         )
     })?;
-    let variants = goodput_sim::cluster::resolve_variants(&scenario, scenario.mode)?;
+    let variants = goodput_sim::cluster::resolve_variants(scenario, scenario.mode)?;
     let latency = goodput_scheduler::VariantPredictors::new(physics_predictors(&variants));
     Ok(Box::new(SimRouter::new(
         picker,

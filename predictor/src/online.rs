@@ -21,8 +21,9 @@
 //! point bias, since it was fitted on the recent rows the old bias was learned from, but keeps
 //! the quantile offsets ([`TargetCalibration::successor`]): its conformal quantiles come from a
 //! held-out slice that still holds mostly older traffic, whose spread the offsets were
-//! correcting. Starting them neutral cost 2-6 points of p90 coverage on unseen workloads
-//! retrained every 30 s (0.83-0.87 instead of 0.88-0.90; docs/predictor.md).
+//! correcting. Starting them neutral cost up to 5 points of p90 coverage on unseen workloads
+//! retrained every 30 s (0.83-0.87 instead of 0.88-0.90 in three of four cases;
+//! docs/predictor.md).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use goodput_core::catalog::Catalog;
+use goodput_scheduler::GoodputConfig;
 use goodput_scheduler::server::envoy::{self, BodyMode, EnvoyProcess, Upstream};
 use goodput_scheduler::server::extproc::Shared;
 use goodput_scheduler::server::pool::Staleness;
@@ -84,9 +85,19 @@ async fn start_scheduler(endpoints: String, picker: &str) -> Scheduler {
 }
 
 async fn start_scheduler_holding(endpoints: String, picker: &str, hold: Duration) -> Scheduler {
+    start_scheduler_with(endpoints, picker, hold, GoodputConfig::default()).await
+}
+
+async fn start_scheduler_with(
+    endpoints: String,
+    picker: &str,
+    hold: Duration,
+    goodput: GoodputConfig,
+) -> Scheduler {
     let config = ServeConfig {
         endpoints: EndpointSource::List(endpoints),
         picker: picker.into(),
+        goodput,
         scrape_interval: Duration::from_millis(50),
         staleness: staleness(),
         retrain_interval_s: 1.0,
@@ -253,7 +264,15 @@ async fn envoy_routes_every_request_to_the_picked_endpoint_with_streams_intact()
         "{} accelerator=h100, {} accelerator=h100, {} accelerator=l40s",
         addrs[0], addrs[1], addrs[2]
     );
-    let sched = start_scheduler(list, "goodput").await;
+    // Latency first (no comfortable tier): at this light load every endpoint would be
+    // comfortable and the picks balanced, and this test shows that the predictions, not the
+    // load, steer what Envoy routes. The tier itself is covered beside the picker and in the
+    // simulator.
+    let latency_first = GoodputConfig {
+        comfort: 0.0,
+        ..Default::default()
+    };
+    let sched = start_scheduler_with(list, "goodput", Duration::ZERO, latency_first).await;
     sched.wait_ready(3).await;
     let envoy = start_envoy(sched.port, Mode::FullDuplex).await;
     let client = reqwest::Client::new();

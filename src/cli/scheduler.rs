@@ -104,6 +104,17 @@ pub struct ServeArgs {
     /// Endpoints whose latencies are predicted per pick (the rest are ranked by load/prefix).
     #[arg(long, env = "GOODPUT_SCHEDULER_SHORTLIST", default_value_t = 16)]
     pub shortlist: usize,
+    /// Share of the request's objectives (0-1) within which an endpoint's predicted TTFT and
+    /// TPOT count as comfortable: among comfortable endpoints the best prefix+load score wins,
+    /// which spreads load over every variant that serves the request well. 0: always the
+    /// lowest predicted latency.
+    #[arg(
+        long,
+        env = "GOODPUT_SCHEDULER_COMFORT_SHARE",
+        default_value_t = goodput_scheduler::goodput::DEFAULT_COMFORT,
+        value_parser = share_in_unit_range
+    )]
+    pub comfort_share: f64,
     /// Seconds between scheduled retrainings of the predictors.
     #[arg(
         long,
@@ -180,6 +191,16 @@ fn endpoint_source(args: &ServeArgs) -> anyhow::Result<EndpointSource> {
     )
 }
 
+/// A share between 0 and 1, for `--comfort-share`.
+fn share_in_unit_range(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&x) {
+        Ok(x)
+    } else {
+        Err(format!("{x} is not between 0 and 1"))
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let endpoints = endpoint_source(&args)?;
     let config = ServeConfig {
@@ -188,6 +209,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         goodput: GoodputConfig {
             pd_min_uncached_tokens: args.pd_min_uncached_tokens,
             shortlist: args.shortlist.max(1),
+            comfort: args.comfort_share,
             ..Default::default()
         },
         scrape_interval: Duration::from_millis(args.scrape_interval_ms.max(1)),

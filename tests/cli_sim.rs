@@ -46,8 +46,11 @@ fn builtin_run_prints_a_summary_and_writes_the_report() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("SLO attainment"), "{stdout}");
-    // The main command runs goodput's own autoscaler, and it holds the scenario's SLO.
-    assert!(stdout.contains("policy goodput"), "{stdout}");
+    // The main command runs goodput's own autoscaler and picker, and they hold the SLO.
+    assert!(
+        stdout.contains("policy goodput") && stdout.contains("router goodput"),
+        "{stdout}"
+    );
     for variant in ["h100-tp1", "a100-tp1", "l40s-tp1", "v5e-tp4"] {
         assert!(stdout.contains(variant), "{variant} missing from\n{stdout}");
     }
@@ -113,19 +116,26 @@ fn a_malformed_trace_fails_naming_file_and_line() {
 
 #[test]
 fn the_schedulers_pickers_route_the_simulation() {
-    // goodput's picker, the code that runs behind Envoy, on the built-in fleet held fixed: it
-    // routes every request and keeps the SLO.
+    // llm-d's prefix+load scorer, as the scheduler runs it behind Envoy, on the built-in
+    // fleet held fixed: it routes every request and keeps the SLO.
     let out = temp_dir("router");
     let o = goodput()
         .args([
-            "sim", "run", "--policy", "fixed", "--router", "goodput", "--json", "--out",
+            "sim",
+            "run",
+            "--policy",
+            "fixed",
+            "--router",
+            "prefix-load",
+            "--json",
+            "--out",
         ])
         .arg(&out)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(report["router"], "goodput");
+    assert_eq!(report["router"], "prefix-load");
     let requests = &report["requests"];
     assert_eq!(requests["completed"], requests["total"]);
     let target = report["slo"]["percentile"].as_f64().unwrap() / 100.0;

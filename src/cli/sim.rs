@@ -219,11 +219,12 @@ pub struct RunArgs {
     /// policy as a baseline: keda-slo, wva-saturation, dynamo-planner, static-peak, hpa-kv.
     #[arg(long, env = "GOODPUT_SIM_POLICY", default_value = "goodput")]
     pub policy: String,
-    /// Request router: `scenario` (the default: the scenario's own `router:`, least-loaded or
-    /// round-robin), or one of the scheduler's pickers, the code that runs behind Envoy: goodput
-    /// (SLO-aware, predicting each replica's TTFT and TPOT from its variant's physics),
-    /// least-requests, prefix-load (llm-d's default prefix + load scorer), round-robin.
-    #[arg(long, env = "GOODPUT_SIM_ROUTER", default_value = "scenario")]
+    /// Request router, one of the scheduler's pickers (the code that runs behind Envoy):
+    /// goodput (the default: SLO-aware, predicting each replica's TTFT and TPOT from its
+    /// variant's physics), least-requests, prefix-load (llm-d's default prefix + load scorer),
+    /// round-robin; or `scenario` for the scenario's own `router:` (least-loaded or
+    /// round-robin).
+    #[arg(long, env = "GOODPUT_SIM_ROUTER", default_value = "goodput")]
     pub router: String,
     /// Directory for summary.json, report.html and requests.csv (one row per request).
     #[arg(long, env = "GOODPUT_SIM_OUT", default_value = "goodput-report")]

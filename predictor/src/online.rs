@@ -148,14 +148,19 @@ impl TargetCalibration {
             log_bias: if same_model { previous.log_bias } else { 0.0 },
             ..State::default()
         };
-        next.bias.set(state.log_bias.exp());
-        for (f, o) in next.quantile_factors.iter().zip(state.log_offsets) {
-            f.set((state.log_bias + o).exp());
-        }
+        next.publish(&state);
         if let Ok(mut g) = next.state.lock() {
             *g = state;
         }
         next
+    }
+
+    /// Publishes the multipliers of `s` for the lock-free readers.
+    fn publish(&self, s: &State) {
+        self.bias.set(s.log_bias.exp());
+        for (f, o) in self.quantile_factors.iter().zip(s.log_offsets) {
+            f.set((s.log_bias + o).exp());
+        }
     }
 
     /// The step sizes this calibration runs with.
@@ -244,10 +249,7 @@ impl TargetCalibration {
         for o in &mut s.log_offsets {
             *o = o.clamp(-3.0, 3.0);
         }
-        self.bias.set(s.log_bias.exp());
-        for (f, o) in self.quantile_factors.iter().zip(s.log_offsets) {
-            f.set((s.log_bias + o).exp());
-        }
+        self.publish(&s);
     }
 
     /// The live accuracy and the current multipliers.

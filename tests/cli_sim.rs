@@ -158,6 +158,68 @@ fn the_schedulers_pickers_route_the_simulation() {
 }
 
 #[test]
+fn compare_runs_each_policy_behind_one_router() {
+    // Issue 5's command on the built-in scenario, every policy behind goodput's picker.
+    let out = temp_dir("compare");
+    let o = goodput()
+        .args([
+            "sim",
+            "compare",
+            "--policies",
+            "goodput,static-peak,keda-slo",
+            "--router",
+            "goodput",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.starts_with("router: goodput\n"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
+    let rows = json["policies"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["goodput", "static-peak", "keda-slo"]);
+    for r in rows {
+        assert_eq!(r["router"], "goodput", "{r}");
+        let attainment = r["slo_attainment"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&attainment), "{r}");
+        assert!(r["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["accelerator_hours"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(table.contains(r["policy"].as_str().unwrap()), "{table}");
+    }
+    // The static fleet never changes, and it is sized (behind the same router) to hold the SLO.
+    assert_eq!(rows[1]["scale_events"], 0);
+    assert!(
+        rows[1]["slo_attainment"].as_f64().unwrap() >= 0.99,
+        "{}",
+        rows[1]
+    );
+    assert!(out.join("compare.html").is_file());
+    // Unknown names fail before anything runs, in one line that lists what exists.
+    for (flag, value, expected) in [
+        ("--router", "fastest", "unknown router `fastest`"),
+        (
+            "--policies",
+            "goodput,cheapest",
+            "unknown policy `cheapest`",
+        ),
+    ] {
+        let o = goodput()
+            .args(["sim", "compare", flag, value, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expected), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
 fn an_invalid_scenario_names_the_field() {
     let dir = temp_dir("scenario");
     let path = dir.join("s.yaml");

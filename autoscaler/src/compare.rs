@@ -8,9 +8,9 @@
 
 use goodput_core::Role;
 use goodput_sim::cluster::resolve_variants;
-use goodput_sim::policy::Autoscaler;
+use goodput_sim::policy::{Autoscaler, Router};
 use goodput_sim::report::RunReport;
-use goodput_sim::run::simulate;
+use goodput_sim::run::{Simulation, router_for, simulate_with_router};
 use goodput_sim::scenario::Scenario;
 use goodput_sim::workload::Workload;
 
@@ -56,6 +56,32 @@ const STATIC_MIX_STEPS: u32 = 40;
 /// A family of fleets by size index (larger index, larger fleet).
 type FleetOfSize<'a> = Box<dyn Fn(u32) -> Vec<u32> + 'a>;
 
+/// Makes a fresh router for one run of a scenario (each run starts with an empty router state),
+/// or says why it cannot. Without one, runs use the router the scenario names. goodput's
+/// scheduler brings its pickers this way; this crate does not depend on it.
+pub type RouterFactory<'a> = &'a dyn Fn(&Scenario) -> Result<Box<dyn Router>, String>;
+
+/// One run of `scenario` under `autoscaler` (its fixed replicas when None) with the factory's
+/// router, or the scenario's; errors name `policy`.
+fn run(
+    policy: &str,
+    scenario: &Scenario,
+    workload: &Workload,
+    autoscaler: Option<&mut dyn Autoscaler>,
+    router: Option<RouterFactory<'_>>,
+) -> Result<Simulation, CompareError> {
+    let failed = |message: String| CompareError::Run {
+        policy: policy.to_string(),
+        message,
+    };
+    let mut router = match router {
+        Some(make) => make(scenario).map_err(|e| failed(format!("router: {e}")))?,
+        None => router_for(&scenario.router),
+    };
+    simulate_with_router(scenario, workload, router.as_mut(), autoscaler, None, None)
+        .map_err(|e| failed(e.to_string()))
+}
+
 /// The static baseline's fleet, and how it was chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticFleet {
@@ -79,6 +105,7 @@ pub fn size_static_fleet(
     cands: &[Candidate],
     pool_caps: &[u32],
     peak_rate: f64,
+    router: Option<RouterFactory<'_>>,
 ) -> Result<StaticFleet, CompareError> {
     let mut cache: Vec<(Vec<u32>, f64)> = Vec::new();
     let mut attainment = |fleet: &[u32]| -> Result<f64, CompareError> {
@@ -92,11 +119,7 @@ pub fn size_static_fleet(
         let a = if fleet.iter().all(|&r| r == 0) {
             0.0
         } else {
-            simulate(&s, workload, None, None, None)
-                .map_err(|e| CompareError::Run {
-                    policy: "static-peak".into(),
-                    message: e.to_string(),
-                })?
+            run("static-peak", &s, workload, None, router)?
                 .report
                 .requests
                 .slo_attainment
@@ -239,7 +262,7 @@ pub fn prepare(
     scenario: &Scenario,
     workload: &Workload,
 ) -> Result<Prepared, CompareError> {
-    prepare_with(name, scenario, workload, None)
+    prepare_with(name, scenario, workload, None, None)
 }
 
 /// The capacity model of a scenario (engine probes at its SLO).
@@ -250,12 +273,14 @@ pub fn capacity_for(scenario: &Scenario) -> Result<EngineCapacity, CompareError>
     Ok(EngineCapacity::new(engines, scenario.slo, PROBE_QUANTILE))
 }
 
-/// [`prepare`], reusing a capacity model (and its cache of probes) of the same scenario.
+/// [`prepare`], reusing a capacity model (and its cache of probes) of the same scenario, and
+/// sizing the static baseline behind `router` (the scenario's router when None).
 pub fn prepare_with(
     name: &str,
     scenario: &Scenario,
     workload: &Workload,
     capacity: Option<EngineCapacity>,
+    router: Option<RouterFactory<'_>>,
 ) -> Result<Prepared, CompareError> {
     let mut scenario = scenario.clone();
     if name == "fixed" {
@@ -316,7 +341,7 @@ pub fn prepare_with(
         }
     }
     let mut start = if name == "static-peak" {
-        size_static_fleet(&scenario, workload, &cands, &pool_caps, peak)?.replicas
+        size_static_fleet(&scenario, workload, &cands, &pool_caps, peak, router)?.replicas
     } else {
         plan_by_role(&cands, &roles, &pool_caps, initial * 1.1, optimise).replicas
     };
@@ -359,12 +384,30 @@ pub fn prepare_with(
     })
 }
 
-/// Runs `workload` under each policy in turn.
+/// Runs `workload` under each policy in turn, behind the scenario's router.
 pub fn compare(
     scenario: &Scenario,
     workload: &Workload,
     policies: &[String],
 ) -> Result<Vec<RunReport>, CompareError> {
+    compare_routed(scenario, workload, policies, None)
+}
+
+/// [`compare`] with every policy (and the sizing of the static fleet) behind the factory's
+/// router, so that policies are compared on the same routing.
+pub fn compare_routed(
+    scenario: &Scenario,
+    workload: &Workload,
+    policies: &[String],
+    router: Option<RouterFactory<'_>>,
+) -> Result<Vec<RunReport>, CompareError> {
+    // A misspelt name fails before the first run, not after minutes of the others.
+    if let Some(unknown) = policies
+        .iter()
+        .find(|p| p.as_str() != "fixed" && !POLICIES.contains(&p.as_str()))
+    {
+        return Err(CompareError::UnknownPolicy(unknown.clone()));
+    }
     let mut out = Vec::new();
     // Probe the workload's mean shape once; every policy starts from a clone of this cache.
     let mut capacity = capacity_for(scenario)?;
@@ -373,18 +416,14 @@ pub fn compare(
         capacity.max_rate(i, &shape);
     }
     for name in policies {
-        let mut p = prepare_with(name, scenario, workload, Some(capacity.clone()))?;
-        let sim = simulate(
+        let mut p = prepare_with(name, scenario, workload, Some(capacity.clone()), router)?;
+        let sim = run(
+            name,
             &p.scenario,
             workload,
             p.policy.as_deref_mut().map(|a| a as &mut dyn Autoscaler),
-            None,
-            None,
-        )
-        .map_err(|e| CompareError::Run {
-            policy: name.clone(),
-            message: e.to_string(),
-        })?;
+            router,
+        )?;
         let mut report = sim.report;
         report.policy = name.clone();
         out.push(report);
@@ -400,6 +439,7 @@ pub fn compare_json(reports: &[RunReport]) -> serde_json::Value {
             let hours = r.duration_s / 3600.0;
             serde_json::json!({
                 "policy": r.policy,
+                "router": r.router,
                 "slo_attainment": r.requests.slo_attainment,
                 "ttft_attainment": r.requests.ttft_attainment,
                 "itl_attainment": r.requests.itl_attainment,

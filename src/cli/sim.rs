@@ -68,6 +68,13 @@ pub struct CompareArgs {
         default_value = "goodput,keda-slo,wva-saturation,dynamo-planner,static-peak,hpa-kv"
     )]
     pub policies: Vec<String>,
+    /// Request router every policy runs behind (the static fleet is sized behind it too):
+    /// `scenario` (the default: the scenario's own `router:`, least-loaded in the shipped
+    /// scenarios, so that only the autoscaler differs), or one of the scheduler's pickers:
+    /// goodput (the whole of goodput when the policy is goodput), least-requests, prefix-load
+    /// (llm-d's default prefix + load scorer), round-robin.
+    #[arg(long, env = "GOODPUT_SIM_ROUTER", default_value = "scenario")]
+    pub router: String,
     /// Directory for compare.json and compare.html.
     #[arg(long, env = "GOODPUT_SIM_OUT", default_value = "goodput-compare")]
     pub out: PathBuf,
@@ -274,31 +281,39 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The router `sim run` uses: one of goodput's scheduler pickers (on physics predictions),
-/// or with `scenario` the simulator's router the scenario names.
-fn sim_router(
-    name: &str,
-    scenario: &Scenario,
-    workload: &goodput_sim::workload::Workload,
-) -> anyhow::Result<Box<dyn Router>> {
+/// Makes the router of one run (see [`router_factory`]).
+type MakeRouter = Box<dyn Fn(&Scenario) -> Result<Box<dyn Router>, String>>;
+
+/// A fresh router per run, as `sim run` and `sim compare` name it (`--router`): one of
+/// goodput's scheduler pickers on physics predictions, or None for `scenario` (the simulator's
+/// router the scenario names). An unknown name is an error here, before anything runs.
+fn router_factory(name: &str, block_tokens: u32) -> anyhow::Result<Option<MakeRouter>> {
     use goodput_scheduler::sim::{SimRouter, physics_predictors};
     if name == "scenario" {
-        return Ok(router_for(&scenario.router));
+        return Ok(None);
     }
-    let picker = goodput_scheduler::picker_for(name).with_context(|| {
-        format!(
+    if goodput_scheduler::picker_for(name).is_none() {
+        anyhow::bail!(
             "unknown router `{name}` (one of {}, scenario)",
             goodput_scheduler::PICKERS.join(", ")
-        )
-    })?;
-    let variants = goodput_sim::cluster::resolve_variants(scenario, scenario.mode)?;
-    let latency = goodput_scheduler::VariantPredictors::new(physics_predictors(&variants));
-    Ok(Box::new(SimRouter::new(
-        picker,
-        latency,
-        &variants,
-        workload.hash_block_tokens,
-        Some((scenario.slo.ttft_ms, scenario.slo.itl_ms)),
+        );
+    }
+    let name = name.to_string();
+    Ok(Some(Box::new(
+        move |scenario: &Scenario| -> Result<Box<dyn Router>, String> {
+            let picker = goodput_scheduler::picker_for(&name)
+                .ok_or_else(|| format!("unknown router `{name}`"))?;
+            let variants = goodput_sim::cluster::resolve_variants(scenario, scenario.mode)
+                .map_err(|e| e.to_string())?;
+            let latency = goodput_scheduler::VariantPredictors::new(physics_predictors(&variants));
+            Ok(Box::new(SimRouter::new(
+                picker,
+                latency,
+                &variants,
+                block_tokens,
+                Some((scenario.slo.ttft_ms, scenario.slo.itl_ms)),
+            )))
+        },
     )))
 }
 
@@ -323,9 +338,20 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         base
     };
     let workload = load_workload(&scenario, &base)?;
-    let mut prepared = goodput_autoscaler::compare::prepare(&args.policy, &scenario, &workload)?;
+    let factory = router_factory(&args.router, workload.hash_block_tokens)?;
+    let factory_ref = factory.as_deref();
+    let mut prepared = goodput_autoscaler::compare::prepare_with(
+        &args.policy,
+        &scenario,
+        &workload,
+        None,
+        factory_ref,
+    )?;
     let scenario = prepared.scenario.clone();
-    let mut router = sim_router(&args.router, &scenario, &workload)?;
+    let mut router = match factory_ref {
+        Some(make) => make(&scenario).map_err(anyhow::Error::msg)?,
+        None => router_for(&scenario.router),
+    };
     let mode = args.step_by_step.then_some(StepMode::StepByStep);
     let bar = std::io::stdout().is_terminal().then(|| {
         let bar = indicatif_bar();
@@ -411,7 +437,13 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     if let Some(d) = args.max_duration_s {
         workload = transform::truncate(workload, d)?;
     }
-    let reports = goodput_autoscaler::compare::compare(&scenario, &workload, &args.policies)?;
+    let factory = router_factory(&args.router, workload.hash_block_tokens)?;
+    let reports = goodput_autoscaler::compare::compare_routed(
+        &scenario,
+        &workload,
+        &args.policies,
+        factory.as_deref(),
+    )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let json = args.out.join("compare.json");
@@ -421,8 +453,9 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let page = args.out.join("compare.html");
     std::fs::write(&page, html::render_compare_html(&reports))
         .with_context(|| format!("cannot write {}", page.display()))?;
+    let router = reports.first().map_or("", |r| r.router.as_str());
     super::emit(&format!(
-        "{}wrote {} and {}\n",
+        "router: {router}\n{}wrote {} and {}\n",
         table::compare_table(&reports),
         json.display(),
         page.display()

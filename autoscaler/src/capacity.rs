@@ -67,6 +67,14 @@ pub trait CapacityModel {
     /// Largest request rate (requests per second) one replica of `variant` sustains for `shape`
     /// with the SLO met; 0 when it cannot meet the SLO at any rate.
     fn max_rate(&mut self, variant: usize, shape: &LoadShape) -> f64;
+
+    /// Mean requests in flight on one replica of `variant` carrying [`Self::max_rate`] for
+    /// `shape` (0: unknown). A router that balances outstanding requests gives every replica
+    /// of a mixed fleet about as many, so the variant that reaches its SLO at the fewest sets
+    /// the concurrency the others run at.
+    fn concurrency(&mut self, _variant: usize, _shape: &LoadShape) -> f64 {
+        0.0
+    }
 }
 
 /// A fixed capacity per variant (tests, and a fallback when no engine model is known).
@@ -87,6 +95,7 @@ pub struct EngineCapacity {
     /// Share of probe requests that must meet both targets (0..1).
     quantile: f64,
     cache: HashMap<(usize, (i32, i32, i32)), f64>,
+    concurrency: HashMap<(usize, (i32, i32, i32)), f64>,
 }
 
 impl EngineCapacity {
@@ -98,6 +107,7 @@ impl EngineCapacity {
             slo,
             quantile: quantile.clamp(0.5, 1.0),
             cache: HashMap::new(),
+            concurrency: HashMap::new(),
         }
     }
 
@@ -106,20 +116,13 @@ impl EngineCapacity {
         self.slo
     }
 
-    fn meets(&self, params: &EngineParams, shape: &LoadShape, rate: f64) -> bool {
-        // Disaggregated, a request's TTFT is its prefill plus its first step on the decode
-        // replica (after the KV transfer): each stage gets its share of the target.
-        let ttft_budget_ms = self.slo.ttft_ms
-            * match params.role {
-                Role::Unified => 1.0,
-                Role::Prefill => PREFILL_TTFT_SHARE,
-                Role::Decode => 1.0 - PREFILL_TTFT_SHARE,
-            };
-        // Judge the steady state only: skip the requests that arrive while the batch is still
-        // filling (two lifetimes of a request at the ITL target) and those arriving in the
-        // last lifetime, which finish while it empties. Long answers need long probes: with
-        // 600-token answers a request lives up to 36 s at 60 ms, and a probe judged from its
-        // first seconds rated a decode replica 20 % above what it holds.
+    /// A probe's length at `rate` and the ids it judges, `warm..end`: the steady state only,
+    /// without the requests that arrive while the batch is still filling (two lifetimes of a
+    /// request at the ITL target) and those arriving in the last lifetime, which finish while
+    /// it empties. Long answers need long probes: with 600-token answers a request lives up to
+    /// 36 s at 60 ms, and a probe judged from its first seconds rated a decode replica 20 %
+    /// above what it holds.
+    fn window(&self, params: &EngineParams, shape: &LoadShape, rate: f64) -> (usize, usize, usize) {
         let life_s = if params.role == Role::Prefill {
             0.0
         } else {
@@ -131,9 +134,22 @@ impl EngineCapacity {
             .clamp(200, 1200)
             .max(warm_n + tail_n + (rate * 120.0) as usize)
             .min(MAX_PROBE_REQUESTS);
-        let finished = probe(params, shape, rate, n);
         let warm = (n / 10).max(warm_n).min(n / 2);
         let end = n.saturating_sub(tail_n).max(warm + 1);
+        (n, warm, end)
+    }
+
+    fn meets(&self, params: &EngineParams, shape: &LoadShape, rate: f64) -> bool {
+        // Disaggregated, a request's TTFT is its prefill plus its first step on the decode
+        // replica (after the KV transfer): each stage gets its share of the target.
+        let ttft_budget_ms = self.slo.ttft_ms
+            * match params.role {
+                Role::Unified => 1.0,
+                Role::Prefill => PREFILL_TTFT_SHARE,
+                Role::Decode => 1.0 - PREFILL_TTFT_SHARE,
+            };
+        let (n, warm, end) = self.window(params, shape, rate);
+        let finished = probe(params, shape, rate, n);
         let mut ok = 0usize;
         let mut total = 0usize;
         for f in finished
@@ -190,6 +206,36 @@ impl CapacityModel for EngineCapacity {
         }
         self.cache.insert((variant, key), lo);
         lo
+    }
+
+    fn concurrency(&mut self, variant: usize, shape: &LoadShape) -> f64 {
+        let key = shape.key();
+        if let Some(c) = self.concurrency.get(&(variant, key)) {
+            return *c;
+        }
+        let rate = self.max_rate(variant, shape);
+        let Some(params) = self.engines.get(variant).cloned() else {
+            return 0.0;
+        };
+        let shape = LoadShape::from_key(key);
+        let mut c = 0.0;
+        if rate > 0.0 {
+            // Little's law over the judged steady state: in flight = rate x time in system.
+            let (n, warm, end) = self.window(&params, &shape, rate);
+            let (mut sum, mut count) = (0.0, 0usize);
+            for f in probe(&params, &shape, rate, n)
+                .iter()
+                .filter(|f| f.id as usize >= warm && (f.id as usize) < end && !f.rejected)
+            {
+                sum += f.finish_s - f.arrival_s;
+                count += 1;
+            }
+            if count > 0 {
+                c = rate * sum / count as f64;
+            }
+        }
+        self.concurrency.insert((variant, key), c);
+        c
     }
 }
 
@@ -294,4 +340,47 @@ fn probe(params: &EngineParams, shape: &LoadShape, rate: f64, n: usize) -> Vec<F
         engine.kick(next);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goodput_sim::scenario::Scenario;
+
+    fn conv_capacity() -> (EngineCapacity, Vec<String>) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/hetero-conv.yaml");
+        let scenario = Scenario::from_file(&path).unwrap();
+        let variants = goodput_sim::cluster::resolve_variants(&scenario, scenario.mode).unwrap();
+        let names = variants.iter().map(|v| v.name.clone()).collect();
+        let engines = variants.iter().map(|v| v.engine.clone()).collect();
+        (EngineCapacity::new(engines, scenario.slo, 0.99), names)
+    }
+
+    #[test]
+    fn concurrency_is_littles_law_at_the_rated_load() {
+        let (mut cap, names) = conv_capacity();
+        let chat = LoadShape {
+            mean_input_tokens: 1155.0,
+            mean_output_tokens: 211.0,
+            prefix_hit_rate: 0.0,
+        };
+        let h100 = names.iter().position(|n| n.starts_with("h100")).unwrap();
+        let a100 = names.iter().position(|n| n.starts_with("a100")).unwrap();
+        let rate = cap.max_rate(h100, &chat);
+        let c = cap.concurrency(h100, &chat);
+        // Requests live at least their answer's decode steps (well over 5 ms each) and, for
+        // 99 % of them, within the TTFT target plus the answer at the ITL target (answers are
+        // capped at 4x the mean).
+        let slo = cap.slo();
+        assert!(c > rate * 211.0 * 0.005, "{c} at {rate} req/s");
+        assert!(
+            c < rate * (slo.ttft_ms + 4.0 * 211.0 * slo.itl_ms) / 1e3,
+            "{c}"
+        );
+        // A faster accelerator with more KV room holds more requests at its SLO.
+        assert!(c > cap.concurrency(a100, &chat), "{c}");
+        // Cached per shape: asking again answers the same.
+        assert_eq!(cap.concurrency(h100, &chat), c);
+    }
 }

@@ -16,7 +16,7 @@ use goodput_sim::workload::Workload;
 
 use crate::baselines::{DynamoPlanner, HpaKv, KedaSlo, StaticPeak, WvaSaturation};
 use crate::capacity::{CapacityModel, EngineCapacity, LoadShape};
-use crate::goodput::{GoodputConfig, GoodputPolicy};
+use crate::goodput::{GoodputConfig, GoodputPolicy, Routing};
 use crate::optimizer::{Candidate, optimise, plan_by_role};
 
 /// Policies `prepare` knows.
@@ -355,12 +355,22 @@ pub fn prepare_with(
         v.replicas = *r;
     }
     let slo = scenario.slo;
+    // goodput plans mixes for the router the runs use.
+    let routing = match router {
+        Some(make) => make(&scenario).map_err(|e| CompareError::Run {
+            policy: name.to_string(),
+            message: format!("router: {e}"),
+        })?,
+        None => router_for(&scenario.router),
+    };
+    let routing = Routing::of_router(routing.name());
     let policy: Box<dyn Autoscaler> = match name {
         "goodput" => Box::new(GoodputPolicy::new(
             GoodputConfig {
                 interval_s: scenario.autoscale_interval_s,
                 default_shape: shape,
                 slo: Some(slo),
+                routing,
                 ..GoodputConfig::default()
             },
             capacity,

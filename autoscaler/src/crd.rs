@@ -23,7 +23,7 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::goodput::GoodputConfig;
+use crate::goodput::{GoodputConfig, Routing};
 
 /// The API group of goodput's resources.
 pub const GROUP: &str = "goodput.dev";
@@ -280,6 +280,33 @@ pub struct PolicySpec {
     #[serde(default = "default_mixed_speed_ratio")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_mixed_speed_ratio: f64,
+    /// How the router in front of the model spreads requests, which decides what a mix of
+    /// variants carries: `latency-aware` (goodput's scheduler, llm-d's endpoint picker) or
+    /// `count-balanced` (least outstanding requests or round-robin, blind to speed).
+    #[serde(default)]
+    pub routing: RoutingSpec,
+}
+
+/// The router in front of a model's replicas, as the optimiser models it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingSpec {
+    /// By predicted latency or capacity-relative load: each variant of a mix carries its own
+    /// rate.
+    #[default]
+    LatencyAware,
+    /// By counts of outstanding requests, or round-robin: every replica holds about as many
+    /// requests, so the variant that reaches its SLO at the fewest bounds what the others carry.
+    CountBalanced,
+}
+
+impl From<RoutingSpec> for Routing {
+    fn from(r: RoutingSpec) -> Self {
+        match r {
+            RoutingSpec::LatencyAware => Routing::LatencyAware,
+            RoutingSpec::CountBalanced => Routing::CountBalanced,
+        }
+    }
 }
 
 fn default_interval() -> u32 {
@@ -304,6 +331,7 @@ impl Default for PolicySpec {
             scale_down_stabilization_seconds: default_stabilisation(),
             scale_to_zero: false,
             min_mixed_speed_ratio: default_mixed_speed_ratio(),
+            routing: RoutingSpec::default(),
         }
     }
 }
@@ -666,6 +694,7 @@ impl EngineSetup {
             interval_s: spec.policy.interval_seconds as f64,
             min_total_replicas: if spec.policy.scale_to_zero { 0 } else { 1 },
             min_speed_ratio: spec.policy.min_mixed_speed_ratio,
+            routing: spec.policy.routing.into(),
             slo: Some(slo),
             ..GoodputConfig::default()
         };
@@ -736,8 +765,30 @@ policy: { actuation: scale, intervalSeconds: 15 }
         assert_eq!(setup.config.interval_s, 15.0);
         assert_eq!(setup.config.min_total_replicas, 1);
         assert_eq!(setup.config.min_speed_ratio, 0.1);
+        assert_eq!(setup.config.routing, Routing::LatencyAware);
         assert_eq!(setup.config.slo.map(|s| s.itl_ms), Some(60.0));
         assert_eq!(setup.accelerators[1], ("l40s".into(), "l40s-pool".into()));
+    }
+
+    #[test]
+    fn the_routing_decides_how_mixes_are_planned() {
+        let with = |routing: &str| -> Result<ModelAutoscalerSpec, String> {
+            let text = format!(
+                "model: m\nslo: {{ ttft: {{ targetMs: 1000 }}, itl: {{ targetMs: 60 }} }}\n\
+                 variants: []\npolicy: {{ routing: {routing} }}\n"
+            );
+            serde_saphyr::from_str(&text).map_err(|e| e.to_string())
+        };
+        let spec = with("count-balanced").unwrap();
+        assert_eq!(spec.policy.routing, RoutingSpec::CountBalanced);
+        assert_eq!(Routing::from(spec.policy.routing), Routing::CountBalanced);
+        assert_eq!(
+            Routing::from(with("latency-aware").unwrap().policy.routing),
+            Routing::LatencyAware
+        );
+        // A misspelt value is refused, naming what it got.
+        let err = with("least-requests").unwrap_err();
+        assert!(err.contains("least-requests"), "{err}");
     }
 
     #[test]

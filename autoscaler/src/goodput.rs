@@ -77,6 +77,35 @@ pub struct GoodputConfig {
     /// Slowest variant a plan may mix in, as a share of the fastest planned variant's
     /// sustainable rate per replica (see [`optimise_comparable`]); 0 mixes freely.
     pub min_speed_ratio: f64,
+    /// How the router in front of the replicas spreads requests, which decides what a mix of
+    /// variants carries.
+    pub routing: Routing,
+}
+
+/// How the router in front of a model's replicas spreads requests over variants of different
+/// speeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Routing {
+    /// By predicted latency or by load relative to each replica's capacity (goodput's picker,
+    /// llm-d's prefix and KV-utilisation scorers): each variant of a mix carries its own rate.
+    #[default]
+    LatencyAware,
+    /// By counts, blind to speed (least outstanding requests, round-robin): every replica holds
+    /// about as many requests, so the variant that reaches its SLO at the fewest sets the
+    /// concurrency all run at, and faster ones carry only that share of their rate
+    /// ([`Speeds::concurrency`]).
+    CountBalanced,
+}
+
+impl Routing {
+    /// The routing of a router by its name: the simulator's least-loaded, the scheduler's
+    /// least-requests and round-robin balance counts; the others weigh latency or capacity.
+    pub fn of_router(name: &str) -> Self {
+        match name {
+            "least-loaded" | "least-requests" | "round-robin" => Routing::CountBalanced,
+            _ => Routing::LatencyAware,
+        }
+    }
 }
 
 impl Default for GoodputConfig {
@@ -101,6 +130,7 @@ impl Default for GoodputConfig {
                 prefix_hit_rate: 0.0,
             },
             min_speed_ratio: 0.1,
+            routing: Routing::default(),
         }
     }
 }
@@ -410,7 +440,17 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     .max(self.cfg.interval_s)
                     .max(1.0),
         };
+        // Behind a count-balancing router a mix runs at its most limited variant's concurrency
+        // (one more probe per variant and shape).
+        let concurrency: Vec<f64> = if self.cfg.routing == Routing::CountBalanced {
+            (0..view.variants.len())
+                .map(|i| self.capacity.concurrency(i, &shape))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let speeds = Speeds {
+            concurrency: &concurrency,
             per_replica: &probed,
             min_ratio: self.cfg.min_speed_ratio,
         };

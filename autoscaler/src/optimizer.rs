@@ -194,6 +194,12 @@ pub struct Speeds<'a> {
     pub per_replica: &'a [f64],
     /// Slowest variant a plan mixes in, as a share of the fastest planned one (0: any).
     pub min_ratio: f64,
+    /// Requests in flight on one replica of each variant at its probed rate, given behind a
+    /// router that balances counts of outstanding requests (empty: a latency-aware router; 0:
+    /// unknown). Every replica of a mix then runs at the concurrency of the variant that
+    /// reaches its SLO at the fewest, so a variant that would hold more carries only that share
+    /// of its rate (a lower bound: requests are quicker at a lower concurrency).
+    pub concurrency: &'a [f64],
 }
 
 /// Cheapest mix carrying `demand` in which no planned variant is slower per replica than
@@ -208,8 +214,11 @@ pub struct Speeds<'a> {
 /// faster (speed as probed, so that a variant derated for missing its SLO does not make slower
 /// ones look comparable); the plan that carries the demand at the lowest cost per hour plus
 /// start-up charge wins, so that a mix a few cents cheaper does not replace a running fleet.
+/// With concurrencies (`speeds.concurrency`, a count-balancing router), each anchor's plan is
+/// tried at the concurrency of each of its variants: the variants that reach their SLO below it
+/// are left out, and those that would hold more carry the share of their rate that it gives.
 /// When no plan carries the demand, the plain plan (all variants, most capacity) is returned;
-/// a ratio of 0 returns the plain plan directly.
+/// a ratio of 0 without concurrencies returns the plain plan directly.
 pub fn optimise_comparable(
     cands: &[Candidate],
     pool_capacity: &[u32],
@@ -217,7 +226,7 @@ pub fn optimise_comparable(
     speeds: Speeds<'_>,
     switch: SwitchCost<'_>,
 ) -> Plan {
-    if speeds.min_ratio <= 0.0 {
+    if speeds.min_ratio <= 0.0 && speeds.concurrency.is_empty() {
         return optimise(cands, pool_capacity, demand);
     }
     let speed_of = |i: usize| {
@@ -241,13 +250,48 @@ pub fn optimise_comparable(
                 }
             })
             .collect();
-        let plan = optimise(&restricted, pool_capacity, demand);
-        if plan.capacity_limited {
-            continue;
-        }
-        let cost = plan.cost_per_hour + switch.of(cands, &plan);
-        if best.as_ref().is_none_or(|(b, _)| cost < b - 1e-9) {
-            best = Some((cost, plan));
+        let conc = |i: usize| speeds.concurrency.get(i).copied().unwrap_or(0.0).max(0.0);
+        // Each concurrency a mixed fleet may run at: that of a comparable variant (the mix
+        // then leaves out the variants that miss their SLO below it); none when unknown.
+        let mut levels: Vec<f64> = (0..cands.len())
+            .filter(|&i| restricted[i].rate_per_replica > 0.0 && conc(i) > 0.0)
+            .map(conc)
+            .collect();
+        levels.sort_by(f64::total_cmp);
+        levels.dedup();
+        let mixes: Vec<Vec<Candidate>> = if levels.len() < 2 {
+            vec![restricted]
+        } else {
+            levels
+                .iter()
+                .map(|&level| {
+                    restricted
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let scale = match conc(i) {
+                                x if x <= 0.0 => 1.0,
+                                x if x < level => 0.0,
+                                x => level / x,
+                            };
+                            Candidate {
+                                rate_per_replica: c.rate_per_replica * scale,
+                                ..*c
+                            }
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        for mix in &mixes {
+            let plan = optimise(mix, pool_capacity, demand);
+            if plan.capacity_limited {
+                continue;
+            }
+            let cost = plan.cost_per_hour + switch.of(cands, &plan);
+            if best.as_ref().is_none_or(|(b, _)| cost < b - 1e-9) {
+                best = Some((cost, plan));
+            }
         }
     }
     best.map_or_else(|| optimise(cands, pool_capacity, demand), |(_, p)| p)
@@ -410,6 +454,7 @@ mod tests {
     use super::*;
 
     const RATIO: Speeds<'static> = Speeds {
+        concurrency: &[],
         per_replica: &[],
         min_ratio: 0.3,
     };
@@ -469,6 +514,39 @@ mod tests {
         assert_eq!(
             optimise_comparable(&c, &[8, 8], 9.0, RATIO, NO_SWITCH).replicas,
             vec![2, 1]
+        );
+    }
+
+    #[test]
+    fn a_mix_runs_at_the_concurrency_of_its_most_limited_variant() {
+        // A cheap slow variant (room for two) beside a fast one: cost alone mixes them, but
+        // behind a router that balances outstanding requests the fast replicas would hold the
+        // slow one's 6 requests instead of their 40, so the mix carries far less than its
+        // rates add up to and the plan goes without it.
+        let c = [cand(4.0, 1, 0, 10.0), cand(1.0, 1, 1, 3.0)];
+        let pools = [8, 2];
+        let blind = optimise_comparable(&c, &pools, 16.0, RATIO, NO_SWITCH);
+        assert_eq!(blind.replicas, vec![1, 2]);
+        let balanced = Speeds {
+            concurrency: &[40.0, 6.0],
+            ..RATIO
+        };
+        let p = optimise_comparable(&c, &pools, 16.0, balanced, NO_SWITCH);
+        assert_eq!(p.replicas, vec![2, 0]);
+        assert!(p.capacity_rate >= 16.0);
+        // Where the slow variant holds as many requests as the fast one, they still mix.
+        let even = Speeds {
+            concurrency: &[40.0, 40.0],
+            ..RATIO
+        };
+        assert_eq!(
+            optimise_comparable(&c, &pools, 16.0, even, NO_SWITCH).replicas,
+            vec![1, 2]
+        );
+        // The slow variant alone, within its own concurrency, keeps its whole rate.
+        assert_eq!(
+            optimise_comparable(&c, &pools, 5.0, balanced, NO_SWITCH).replicas,
+            vec![0, 2]
         );
     }
 
@@ -582,6 +660,7 @@ mod tests {
         // judged on the probed speeds it stays out.
         let c = [cand(4.0, 1, 0, 3.0), cand(0.9, 1, 1, 1.1)];
         let probed = Speeds {
+            concurrency: &[],
             per_replica: &[6.0, 1.1],
             min_ratio: 0.3,
         };

@@ -318,7 +318,7 @@ proptest! {
                     c,
                     p,
                     x,
-                    Speeds { per_replica: &[], min_ratio: ratio },
+                    Speeds { per_replica: &[], min_ratio: ratio, concurrency: &[] },
                     SwitchCost { current: &current, share: 0.8 },
                 )
             })

@@ -6,8 +6,9 @@
 //! keys each variant by everything its probe depends on (engine parameters and SLO), so a probe
 //! is paid once per distinct variant cluster-wide, and a changed spec keeps what it had learnt.
 //!
-//! Data flow: policy asks `max_rate(variant, shape)` -> key of that variant -> the cached
-//! `EngineCapacity` for the key (created on first use) -> its own shape cache or a probe.
+//! Data flow: policy asks `max_rate(variant, shape)` (or `concurrency`) -> key of that variant
+//! -> the cached `EngineCapacity` for the key (created on first use) -> its own shape cache or
+//! a probe.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,14 +57,25 @@ impl SharedCapacity {
     }
 }
 
-impl CapacityModel for SharedCapacity {
-    fn max_rate(&mut self, variant: usize, shape: &LoadShape) -> f64 {
+impl SharedCapacity {
+    /// Runs `ask` on the shared model of `variant`'s key (created on first use).
+    fn with_model(&self, variant: usize, ask: impl FnOnce(&mut EngineCapacity) -> f64) -> f64 {
         let (Some(key), Some(engine)) = (self.keys.get(variant), self.engines.get(variant)) else {
             return 0.0;
         };
         let mut map = self.cache.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.clone())
-            .or_insert_with(|| EngineCapacity::new(vec![engine.clone()], self.slo, PROBE_QUANTILE))
-            .max_rate(0, shape)
+        ask(map
+            .entry(key.clone())
+            .or_insert_with(|| EngineCapacity::new(vec![engine.clone()], self.slo, PROBE_QUANTILE)))
+    }
+}
+
+impl CapacityModel for SharedCapacity {
+    fn max_rate(&mut self, variant: usize, shape: &LoadShape) -> f64 {
+        self.with_model(variant, |m| m.max_rate(0, shape))
+    }
+
+    fn concurrency(&mut self, variant: usize, shape: &LoadShape) -> f64 {
+        self.with_model(variant, |m| m.concurrency(0, shape))
     }
 }

@@ -284,15 +284,27 @@ proptest! {
     #[test]
     fn disaggregated_plans_carry_the_demand_within_limits(
         vs in prop::collection::vec(
-            (0usize..3, 0usize..2, 0.5f64..10.0, 0u32..2, 1u32..10, 0.2f64..8.0, 0u32..6),
+            (
+                0usize..3,
+                0usize..2,
+                0.5f64..10.0,
+                0u32..2,
+                1u32..10,
+                0.2f64..8.0,
+                0u32..6,
+                prop_oneof![Just(0.0f64), 1.0f64..100.0],
+            ),
             2..6,
         ),
+        count_balanced in any::<bool>(),
         demand in 0.0f64..40.0,
         extra in 0.0f64..10.0,
         pools in prop::collection::vec(4u32..40, 2),
         ratio in prop_oneof![Just(0.0f64), Just(0.3)],
     ) {
-        // role (unified, prefill, decode), pool, price, min, span, rate, current target.
+        // role (unified, prefill, decode), pool, price, min, span, rate, current target,
+        // requests in flight at the rated load (0: unknown; used behind a count-balancing
+        // router).
         let mut roles: Vec<Role> = vs
             .iter()
             .map(|v| [Role::Unified, Role::Prefill, Role::Decode][v.0])
@@ -302,7 +314,7 @@ proptest! {
         roles[1] = Role::Decode;
         let cands: Vec<Candidate> = vs
             .iter()
-            .map(|&(_, pool, price, min, span, rate, _)| Candidate {
+            .map(|&(_, pool, price, min, span, rate, _, _)| Candidate {
                 price_per_hour: price,
                 devices: 1,
                 pool,
@@ -312,13 +324,18 @@ proptest! {
             })
             .collect();
         let current: Vec<u32> = vs.iter().map(|v| v.6).collect();
+        let concurrency: Vec<f64> = if count_balanced {
+            vs.iter().map(|v| v.7).collect()
+        } else {
+            Vec::new()
+        };
         let plan = |d: f64| {
             plan_by_role(&cands, &roles, &pools, d, |c, p, x| {
                 optimise_comparable(
                     c,
                     p,
                     x,
-                    Speeds { per_replica: &[], min_ratio: ratio, concurrency: &[] },
+                    Speeds { per_replica: &[], min_ratio: ratio, concurrency: &concurrency },
                     SwitchCost { current: &current, share: 0.8 },
                 )
             })

@@ -3,7 +3,8 @@
 //! - **the future**: the same evaluation with an oracle that knows what happens on the replica
 //!   while a request decodes (its mean decoding batch and the prompt tokens that arrive then).
 //!   The gap to the dispatch-time features is TPOT error no dispatch-time predictor can remove;
-//!   the oracle's own error is what the models leave.
+//!   the oracle's own error is what the models leave. A second oracle knows, for TTFT, the
+//!   prompts that reach the replica after the request and before its first token.
 //! - **what has been seen**: the accuracy test never retrains during an unseen workload; in
 //!   service the trainer retrains on a cadence on what has arrived. Here every request is still
 //!   predicted before its own labels exist (test-then-train), with a retraining every 30 s of
@@ -25,17 +26,22 @@ use common::evaluation::{
 use goodput_predictor::Target;
 
 fn main() {
-    for knowledge in [Knowledge::AtDispatch, Knowledge::Future] {
-        let how = match knowledge {
-            Knowledge::AtDispatch => "at dispatch",
-            Knowledge::Future => "future known",
+    for knowledge in [
+        Knowledge::AtDispatch,
+        Knowledge::Future,
+        Knowledge::FutureWait,
+    ] {
+        let (how, target) = match knowledge {
+            Knowledge::AtDispatch => ("at dispatch", Target::Tpot),
+            Knowledge::Future => ("future known", Target::Tpot),
+            Knowledge::FutureWait => ("prompts during the wait known", Target::Ttft),
         };
         let train = training_data(knowledge);
         let p = trained(&train);
         let m = p.models();
-        let fitted = m.target(Target::Tpot).expect("fitted");
+        let fitted = m.target(target).expect("fitted");
         eprintln!(
-            "[{how}] TPOT in-window held-out: {:?} MAPE {:.2}% p90 coverage {:.3}",
+            "[{how}] {target:?} in-window held-out: {:?} MAPE {:.2}% p90 coverage {:.3}",
             fitted.regressor.family(),
             fitted.accuracy.mape_percent,
             fitted.accuracy.coverage[1]
@@ -45,17 +51,23 @@ fn main() {
             line(
                 name,
                 &format!("{how}, model alone"),
-                Target::Tpot,
-                &score_frozen(&p, &samples, Target::Tpot),
+                target,
+                &score_frozen(&p, &samples, target),
             );
             let served = score_served(&p, &samples, true);
             line(
                 name,
                 &format!("{how}, calibrated online"),
-                Target::Tpot,
-                &served[Target::Tpot.index()],
+                target,
+                &served[target.index()],
             );
             if knowledge == Knowledge::AtDispatch {
+                line(
+                    name,
+                    "at dispatch, model alone",
+                    Target::Ttft,
+                    &score_frozen(&p, &samples, Target::Ttft),
+                );
                 let p = trained(&train);
                 let served = score_prequential(&p, &samples, true, Some(30.0));
                 for t in Target::ALL {

@@ -28,6 +28,10 @@ pub enum Knowledge {
     /// replica while this one decodes, and `decode_tokens_in_flight` the uncached prompt tokens
     /// per second dispatched to the replica during that time.
     Future,
+    /// An oracle for TTFT: `prefill_tokens_in_flight` also counts the uncached prompt tokens
+    /// dispatched to the replica after this request and before its first token (prompts that
+    /// share its prefill steps or jump its queue).
+    FutureWait,
 }
 
 /// What the router saw for one request.
@@ -140,7 +144,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Ve
     // InFlightLoad producer tracks), computed from the run's outcomes.
     let mut per_replica: Vec<Vec<(f64, f64, u64)>> = Vec::new(); // (dispatch, first token, tokens)
     let mut out = Vec::with_capacity(router.dispatches.len());
-    let oracle = (knowledge == Knowledge::Future).then(|| FutureOfReplicas::new(&router, &run));
+    let oracle = (knowledge != Knowledge::AtDispatch).then(|| FutureOfReplicas::new(&router, &run));
     for d in &router.dispatches {
         let o = &run.outcomes[d.id as usize];
         let t = o.arrival_s;
@@ -171,9 +175,15 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Ve
             ms_since_last_token: d.view.since_last_token_s.map(|s| s * 1e3),
         };
         if let (Some(oracle), Some(first)) = (&oracle, o.first_token_s) {
-            let (decoding, prefill_rate) = oracle.during(d.replica, first, finished_s);
-            features.num_request_running = decoding.round() as u32;
-            features.decode_tokens_in_flight = prefill_rate.round() as u64;
+            if knowledge == Knowledge::Future {
+                let (decoding, prefill_rate) = oracle.during(d.replica, first, finished_s);
+                features.num_request_running = decoding.round() as u32;
+                features.decode_tokens_in_flight = prefill_rate.round() as u64;
+            } else {
+                let (_, prefill_rate) = oracle.during(d.replica, t, first);
+                features.prefill_tokens_in_flight +=
+                    (prefill_rate * (first - t).max(1e-3)).round() as u64;
+            }
         }
         out.push(Timed {
             sample: Sample {

@@ -274,7 +274,7 @@ pub struct PolicySpec {
     pub scale_to_zero: bool,
     /// Slowest variant a plan may mix in, as a share of the fastest planned variant's
     /// sustainable requests per second per replica. Routers that balance outstanding requests
-    /// (least-requests, llm-d's queue and KV scorers) give a much slower replica about as many
+    /// (least-requests, a queue-length scorer alone) give a much slower replica about as many
     /// concurrent requests as a fast one, so it misses the SLO; 0 mixes freely (for a router
     /// that weighs replicas by predicted latency).
     #[serde(default = "default_mixed_speed_ratio")]

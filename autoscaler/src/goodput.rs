@@ -87,7 +87,8 @@ pub struct GoodputConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Routing {
     /// By predicted latency or by load relative to each replica's capacity (goodput's picker,
-    /// llm-d's prefix and KV-utilisation scorers): each variant of a mix carries its own rate.
+    /// llm-d's default profile, whose KV-utilisation and prefix scorers outweigh its
+    /// waiting-queue scorer): each variant of a mix carries its own rate.
     #[default]
     LatencyAware,
     /// By counts, blind to speed (least outstanding requests, round-robin): every replica holds

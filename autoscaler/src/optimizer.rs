@@ -206,10 +206,10 @@ pub struct Speeds<'a> {
 /// `speeds.min_ratio` times the fastest planned one, counting what its new replicas cost to
 /// start (`switch`).
 ///
-/// Routers that balance outstanding requests (least-loaded, llm-d's queue and KV scorers) give
-/// a replica several times slower than its peers about the same number of concurrent requests,
-/// so its requests run far slower than the plan's share assumes; the cheap slow replicas that
-/// plain [`optimise`] adds to cover a remainder then miss the SLO. Each usable variant in turn
+/// Routers that balance outstanding requests (least-loaded, least-requests, a queue-length
+/// scorer alone) give a replica several times slower than its peers about the same number of
+/// concurrent requests, so its requests run far slower than the plan's share assumes; the cheap
+/// slow replicas that plain [`optimise`] adds to cover a remainder then miss the SLO. Each usable variant in turn
 /// anchors a plan among the variants at least `speeds.min_ratio` of its probed speed and no
 /// faster (speed as probed, so that a variant derated for missing its SLO does not make slower
 /// ones look comparable); the plan that carries the demand at the lowest cost per hour plus

@@ -356,14 +356,18 @@ pub fn prepare_with(
     }
     let slo = scenario.slo;
     // goodput plans mixes for the router the runs use.
-    let routing = match router {
-        Some(make) => make(&scenario).map_err(|e| CompareError::Run {
-            policy: name.to_string(),
-            message: format!("router: {e}"),
-        })?,
-        None => router_for(&scenario.router),
+    let routing = if name == "goodput" {
+        let router = match router {
+            Some(make) => make(&scenario).map_err(|e| CompareError::Run {
+                policy: name.to_string(),
+                message: format!("router: {e}"),
+            })?,
+            None => router_for(&scenario.router),
+        };
+        Routing::of_router(router.name())
+    } else {
+        Routing::default()
     };
-    let routing = Routing::of_router(routing.name());
     let policy: Box<dyn Autoscaler> = match name {
         "goodput" => Box::new(GoodputPolicy::new(
             GoodputConfig {

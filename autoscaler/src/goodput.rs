@@ -161,6 +161,8 @@ pub struct GoodputPolicy<C: CapacityModel> {
     set_aside_until: Vec<Option<f64>>,
     /// Per variant: how many times it was set aside (for the doubling).
     set_aside_count: Vec<u32>,
+    /// Whether each variant has served load yet (its own latency has been seen).
+    observed: Vec<bool>,
     /// When a request was last seen (served, running, or waiting at the gateway).
     last_demand_s: Option<f64>,
 }
@@ -192,6 +194,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             strikes: Vec::new(),
             set_aside_until: Vec::new(),
             set_aside_count: Vec::new(),
+            observed: Vec::new(),
             last_demand_s: None,
         }
     }
@@ -202,7 +205,21 @@ impl<C: CapacityModel> GoodputPolicy<C> {
     }
 
     /// The optimiser's candidates, from each variant's probed rate per replica (`probed`).
+    ///
+    /// A variant that has not served yet has no latency of its own to correct its probe, so it
+    /// inherits the lowest derating among the variants that have (and are not set aside, whose
+    /// misses are their own): the engine model was found
+    /// that optimistic on hardware that served, and until this variant shows otherwise it is
+    /// assumed as optimistic there. Otherwise a variant that misses would be replaced wholesale
+    /// by one whose rating has no evidence yet (with count-balanced mixes, a whole fleet), and
+    /// that one by the next. Raised ratings do not carry over.
     fn candidates(&self, view: &ClusterView, probed: &[f64]) -> Vec<Candidate> {
+        let inherited = (0..self.correction.len())
+            .filter(|&i| {
+                self.observed.get(i).copied().unwrap_or(false) && !self.is_set_aside(i, view.now_s)
+            })
+            .map(|i| self.correction[i])
+            .fold(1.0f64, f64::min);
         view.variants
             .iter()
             .enumerate()
@@ -222,6 +239,11 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     probed.get(i).copied().unwrap_or(0.0)
                         * self.cfg.utilisation
                         * self.correction.get(i).copied().unwrap_or(1.0)
+                        * if self.observed.get(i).copied().unwrap_or(false) {
+                            1.0
+                        } else {
+                            inherited
+                        }
                 },
             })
             .collect()
@@ -310,6 +332,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         self.strikes.resize(view.variants.len(), 0);
         self.set_aside_until.resize(view.variants.len(), None);
         self.set_aside_count.resize(view.variants.len(), 0);
+        self.observed.resize(view.variants.len(), false);
         // A variant whose time aside is over comes back, cautiously, at the floor.
         for i in 0..view.variants.len() {
             if let Some(until) = self.set_aside_until[i]
@@ -347,6 +370,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     self.calm_since[i] = None;
                     continue;
                 };
+                self.observed[i] = true;
                 // Ratio of this variant's observed p95 to the target.
                 let t = l.ttft_p95_s.map_or(0.0, |x| x * 1e3 / slo.ttft_ms);
                 let it = l.itl_p95_s.map_or(0.0, |x| x * 1e3 / slo.itl_ms);

@@ -2,7 +2,8 @@
 //! the variant's replicas are still starting (the latency then says the fleet is short, which
 //! the plan in flight fixes); latencies under half the SLO for a whole stabilisation window,
 //! with the replicas carrying a real share of their rating, raise it up to `max_correction`;
-//! a raised rating that misses drops back to the probe and is not raised that far again.
+//! a raised rating that misses drops back to the probe and is not raised that far again; a
+//! variant that has not served yet inherits the derating of those that have.
 //! The fleet is held fixed here, so each decision sees exactly the load and latency given.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -175,4 +176,88 @@ fn a_decision_without_traffic_restarts_the_calm_window() {
         c = f.step(16.0, 0.3);
     }
     assert!(c > 1.0, "{c}");
+}
+
+/// Two variants, `serving` (4 replicas at work) and `unproven` (none yet, cheaper per request
+/// as probed), both probed at [`PROBED`]; `ratio` is the serving variant's p95 over the SLO.
+fn two_variants(ratio: f64) -> ClusterView {
+    let variant = |name: &str, price: f64, ready: u32, load: Option<VariantLoad>| VariantView {
+        name: name.into(),
+        accelerator: name.into(),
+        tp: 1,
+        role: Role::Unified,
+        price_per_hour: price,
+        min_replicas: 0,
+        max_replicas: 40,
+        target: ready,
+        ready,
+        starting: 0,
+        draining: 0,
+        load,
+    };
+    let pool = |name: &str, in_use| PoolView {
+        accelerator: name.into(),
+        capacity: 40,
+        in_use,
+        startup_s: 240.0,
+    };
+    let load = VariantLoad {
+        replicas_reporting: 4,
+        request_rate: 16.0,
+        mean_prompt_tokens: 1000.0,
+        mean_output_tokens: 200.0,
+        ttft_p95_s: Some(ratio * SLO.ttft_ms / 1e3),
+        itl_p95_s: Some(ratio * SLO.itl_ms / 1e3),
+        age_s: 10.0,
+        ..Default::default()
+    };
+    ClusterView {
+        now_s: 0.0,
+        variants: vec![
+            variant("serving", 4.0, 4, Some(load)),
+            variant("unproven", 1.5, 0, None),
+        ],
+        pools: vec![pool("serving", 4), pool("unproven", 0)],
+        gateway_waiting: Some(0),
+    }
+}
+
+#[test]
+fn a_variant_that_has_not_served_inherits_the_derating_of_one_that_missed() {
+    // The serving variant misses its SLO decision after decision; the plan moves the load to
+    // the cheaper variant that has not served yet. Its probe has no evidence of its own, so it
+    // is planned with the derating the engine model earned where it was seen: more replicas
+    // than the same load would get from a fleet that meets its SLO.
+    let unproven_target = |ratio: f64| {
+        let cfg = GoodputConfig {
+            slo: Some(SLO),
+            interval_s: INTERVAL_S,
+            ..GoodputConfig::default()
+        };
+        let mut policy = GoodputPolicy::new(cfg, FixedCapacity(vec![PROBED, PROBED]));
+        let mut view = two_variants(ratio);
+        let mut target = 0;
+        for _ in 0..5 {
+            for d in policy.decide(&view) {
+                if d.variant == 1 {
+                    target = d.replicas;
+                }
+            }
+            view.now_s += INTERVAL_S;
+        }
+        (target, policy.corrections()[0])
+    };
+    let (calm, calm_correction) = unproven_target(0.3);
+    let (missing, derated) = unproven_target(1.5);
+    assert_eq!(calm_correction, 1.0);
+    assert!(
+        derated < 0.7,
+        "five misses derate the serving variant: {derated}"
+    );
+    assert!(calm > 0, "the cheaper variant takes the load");
+    assert!(
+        f64::from(missing) >= f64::from(calm) / derated - 1.0,
+        "the unproven variant is planned at the inherited rating: {missing} replicas against \
+         {calm} with a calm fleet (correction {derated})"
+    );
 }

@@ -207,19 +207,24 @@ impl<C: CapacityModel> GoodputPolicy<C> {
     /// The optimiser's candidates, from each variant's probed rate per replica (`probed`).
     ///
     /// A variant that has not served yet has no latency of its own to correct its probe, so it
-    /// inherits the lowest derating among the variants that have (and are not set aside, whose
-    /// misses are their own): the engine model was found
-    /// that optimistic on hardware that served, and until this variant shows otherwise it is
-    /// assumed as optimistic there. Otherwise a variant that misses would be replaced wholesale
-    /// by one whose rating has no evidence yet (with count-balanced mixes, a whole fleet), and
-    /// that one by the next. Raised ratings do not carry over.
+    /// inherits the lowest derating among the variants of its role that have (and are not set
+    /// aside, whose misses are their own): the engine model was found that optimistic on
+    /// hardware that served, and until this variant shows otherwise it is assumed as optimistic
+    /// there. Otherwise a variant that misses would be replaced wholesale by one whose rating
+    /// has no evidence yet (with count-balanced mixes, a whole fleet), and that one by the
+    /// next. Raised ratings do not carry over.
     fn candidates(&self, view: &ClusterView, probed: &[f64]) -> Vec<Candidate> {
-        let inherited = (0..self.correction.len())
-            .filter(|&i| {
-                self.observed.get(i).copied().unwrap_or(false) && !self.is_set_aside(i, view.now_s)
-            })
-            .map(|i| self.correction[i])
-            .fold(1.0f64, f64::min);
+        // Per role: a prefill replica's model error says little about a decode replica's.
+        let inherited = |role: Role| {
+            (0..self.correction.len())
+                .filter(|&j| {
+                    self.observed.get(j).copied().unwrap_or(false)
+                        && view.variants.get(j).is_some_and(|v| v.role == role)
+                        && !self.is_set_aside(j, view.now_s)
+                })
+                .map(|j| self.correction[j])
+                .fold(1.0f64, f64::min)
+        };
         view.variants
             .iter()
             .enumerate()
@@ -242,7 +247,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                         * if self.observed.get(i).copied().unwrap_or(false) {
                             1.0
                         } else {
-                            inherited
+                            inherited(v.role)
                         }
                 },
             })

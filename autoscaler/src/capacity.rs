@@ -16,7 +16,12 @@
 //! requests whose prompt KV arrives computed and must hold the ITL target and start within the
 //! rest of the TTFT target. The rate a P/D pair carries is then the smaller of the two.
 //!
-//! Data flow: `LoadShape` + variant index -> cached probe -> requests per second per replica.
+//! [`CapacityModel::concurrency`] reports the requests in flight on a replica at that rated
+//! load (Little's law over the same probe), which bounds a mix behind a router that balances
+//! counts of outstanding requests.
+//!
+//! Data flow: `LoadShape` + variant index -> cached probe -> requests per second per replica
+//! (and requests in flight at that rate).
 
 use std::collections::HashMap;
 use std::sync::Arc;

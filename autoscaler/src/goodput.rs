@@ -5,12 +5,15 @@
 //! plus one interval ahead and adds its burst margin, the [`CapacityModel`] gives each variant's
 //! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
 //! mix for the provisioned rate among variants of comparable speed per replica, charging the
-//! replicas a new mix would start for their start-up time; when the SLO is known, a variant's
+//! replicas a new mix would start for their start-up time (behind a count-balancing router,
+//! [`Routing::CountBalanced`], a mix runs at the concurrency of its most limited variant, which
+//! the capacity model also reports); when the SLO is known, a variant's
 //! observed p95 latencies above it derate that variant's probed capacity (down to half, and not
 //! while its replicas are still starting, when the latency only says the fleet is short),
 //! latencies well below it restore it, and latencies under half the SLO for a whole
 //! stabilisation window at a real share of the rated load raise it (up to 1.1x; a raised
-//! rating that misses drops back to the probe and is not raised that far again);
+//! rating that misses drops back to the probe and is not raised that far again; a variant
+//! that has not served yet inherits the lowest derating of its role's variants that have);
 //! a variant that still misses the SLO when derated to the floor cannot hold it for this traffic
 //! at any load the derating reaches (on azure-code, slower accelerators whose ITL the long
 //! prompts' prefill chunks break), so it is set aside for a while (twice as long each further

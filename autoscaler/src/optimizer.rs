@@ -8,7 +8,9 @@
 //! and, for the remainder, compares one more of it against covering the remainder with the next
 //! variants (a small branch and bound; exact for two variants and near-exact beyond). When the
 //! pools cannot carry the demand, they are filled with the variants giving the most capacity per
-//! device (`Plan::capacity_limited`).
+//! device (`Plan::capacity_limited`). [`optimise_comparable`] wraps it with the rules that
+//! shape a mix: comparable speeds, the start-up charge of a new mix, and, behind a router that
+//! balances counts of outstanding requests, the concurrency of the mix's most limited variant.
 
 use goodput_core::Role;
 

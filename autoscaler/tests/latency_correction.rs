@@ -70,19 +70,24 @@ impl Fleet {
     /// One decision at `rate` req/s over the fleet with both p95s at `ratio` x the SLO; the
     /// targets it asks for are not applied. Returns the correction after it.
     fn step(&mut self, rate: f64, ratio: f64) -> f64 {
-        self.view.variants[0].load = Some(VariantLoad {
-            replicas_reporting: self.view.variants[0].ready,
-            request_rate: rate,
-            mean_prompt_tokens: 1000.0,
-            mean_output_tokens: 200.0,
-            ttft_p95_s: Some(ratio * SLO.ttft_ms / 1e3),
-            itl_p95_s: Some(ratio * SLO.itl_ms / 1e3),
-            age_s: 10.0,
-            ..Default::default()
-        });
+        self.view.variants[0].load = Some(load(self.view.variants[0].ready, rate, ratio));
         self.policy.decide(&self.view);
         self.view.now_s += INTERVAL_S;
         self.policy.corrections()[0]
+    }
+}
+
+/// What `replicas` report serving `rate` req/s with both p95s at `ratio` x the SLO.
+fn load(replicas: u32, rate: f64, ratio: f64) -> VariantLoad {
+    VariantLoad {
+        replicas_reporting: replicas,
+        request_rate: rate,
+        mean_prompt_tokens: 1000.0,
+        mean_output_tokens: 200.0,
+        ttft_p95_s: Some(ratio * SLO.ttft_ms / 1e3),
+        itl_p95_s: Some(ratio * SLO.itl_ms / 1e3),
+        age_s: 10.0,
+        ..Default::default()
     }
 }
 
@@ -201,20 +206,10 @@ fn two_variants(ratio: f64) -> ClusterView {
         in_use,
         startup_s: 240.0,
     };
-    let load = VariantLoad {
-        replicas_reporting: 4,
-        request_rate: 16.0,
-        mean_prompt_tokens: 1000.0,
-        mean_output_tokens: 200.0,
-        ttft_p95_s: Some(ratio * SLO.ttft_ms / 1e3),
-        itl_p95_s: Some(ratio * SLO.itl_ms / 1e3),
-        age_s: 10.0,
-        ..Default::default()
-    };
     ClusterView {
         now_s: 0.0,
         variants: vec![
-            variant("serving", 4.0, 4, Some(load)),
+            variant("serving", 4.0, 4, Some(load(4, 16.0, ratio))),
             variant("unproven", 1.5, 0, None),
         ],
         pools: vec![pool("serving", 4), pool("unproven", 0)],

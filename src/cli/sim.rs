@@ -72,7 +72,8 @@ pub struct CompareArgs {
     /// `scenario` (the default: the scenario's own `router:`, least-loaded in the shipped
     /// scenarios, so that only the autoscaler differs), or one of the scheduler's pickers:
     /// goodput (the whole of goodput when the policy is goodput), least-requests, prefix-load
-    /// (llm-d's default prefix + load scorer), round-robin.
+    /// (llm-d's default prefix + load scorer), round-robin. goodput's autoscaler plans its mix
+    /// of variants for it (count-balanced behind least-loaded, least-requests, round-robin).
     #[arg(long, env = "GOODPUT_SIM_ROUTER", default_value = "scenario")]
     pub router: String,
     /// Directory for compare.json and compare.html.
@@ -230,7 +231,8 @@ pub struct RunArgs {
     /// goodput (the default: SLO-aware, predicting each replica's TTFT and TPOT from its
     /// variant's physics), least-requests, prefix-load (llm-d's default prefix + load scorer),
     /// round-robin; or `scenario` for the scenario's own `router:` (least-loaded or
-    /// round-robin).
+    /// round-robin). goodput's autoscaler plans its mix of variants for it: behind
+    /// least-loaded, least-requests and round-robin as for a router that balances counts.
     #[arg(long, env = "GOODPUT_SIM_ROUTER", default_value = "goodput")]
     pub router: String,
     /// Directory for summary.json, report.html and requests.csv (one row per request).

@@ -163,7 +163,7 @@ impl Features {
         // What is left of the step in progress, by the physics' step time: only meaningful
         // while requests run (an idle engine starts a new prompt at once).
         let remaining = if since >= 0.0 && self.num_request_running > 0 {
-            (prior.mixed_step_ms - since).max(0.0)
+            (prior.step_in_flight_ms - since).max(0.0)
         } else {
             0.0
         };

@@ -34,6 +34,9 @@ pub struct PriorLatency {
     /// A step carrying a full prefill chunk plus that batch's decodes (what a decode step costs
     /// when later prompts are chunked into it).
     pub mixed_step_ms: f64,
+    /// The step in flight at dispatch: the running decodes plus the first chunk of the prefill
+    /// queued ahead (0 on an idle endpoint).
+    pub step_in_flight_ms: f64,
 }
 
 impl VariantPhysics {
@@ -54,10 +57,16 @@ impl VariantPhysics {
 
     /// Prior TTFT/TPOT for `f` (see the module docs).
     ///
-    /// TTFT: the queue ahead (`prefill_tokens_in_flight`) plus the request's own uncached
-    /// prompt is computed in chunks of `budget − running` tokens, each chunk sharing its step
-    /// with the running decodes (their mean context from the KV usage); the request arrives
-    /// on average half-way through the step in flight (none when the endpoint is idle).
+    /// TTFT: the rest of the step in flight, then the request's own uncached prompt and the
+    /// prompts queued before it (`prefill_tokens_in_flight`) in chunks of `budget − running`
+    /// tokens, each chunk sharing its step with the running decodes (their mean context from
+    /// the KV usage). vLLM schedules waiting prompts at a step's start: with requests waiting,
+    /// the prompts ahead wait for the next step with this one; with none waiting, they were
+    /// scheduled and the step in flight is prefilling them. The rest of the step in flight is
+    /// its length less `ms_since_last_token` (the step began when the previous one streamed its
+    /// tokens), or half of it when that is unknown (none when the endpoint is idle). On an
+    /// endpoint without a queue this is the simulator's TTFT to a tenth of a millisecond for
+    /// most requests (docs/predictor.md).
     /// TPOT: a decode step of `running + 1` requests at the KV-implied context plus the
     /// request's prompt.
     #[inline]
@@ -84,11 +93,20 @@ impl VariantPhysics {
             }
             self.cost.step_time(&w)
         };
-        let total = ahead + own.max(1.0);
+        // Where the prompts ahead are: with requests waiting, the queue waits for the next step
+        // (the new prompt is prefilled with it); with none waiting, the prompts ahead were
+        // scheduled and the step in flight is prefilling them (up to one budget), so the new
+        // prompt only waits for that step and whatever did not fit.
+        let (in_step, queued) = if f.num_request_waiting > 0 {
+            (0.0, ahead)
+        } else {
+            (ahead.min(room), (ahead - room).max(0.0))
+        };
+        let total = queued + own.max(1.0);
         let full = (total / room).floor();
         let rem = total - full * room;
-        let in_flight = if ahead > 0.0 {
-            step(ahead.min(room), 0.0, running, kv_tokens)
+        let in_flight = if in_step > 0.0 {
+            step(in_step, 0.0, running, kv_tokens)
         } else if running > 0.0 {
             step(0.0, 0.0, running, kv_tokens)
         } else {
@@ -99,13 +117,24 @@ impl VariantPhysics {
         } else {
             0.0
         };
-        let ttft = 0.5 * in_flight + full * chunk_full + step(rem, cached, running, kv_tokens);
+        // What is left of the step in flight: where the gateway saw the step start (the last
+        // token streamed), its estimated length less the time since; otherwise half of it.
+        let since_s = f
+            .ms_since_last_token
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .map(|ms| ms / 1e3);
+        let left = match since_s {
+            Some(since) if running > 0.0 => (in_flight - since).max(0.0),
+            _ => 0.5 * in_flight,
+        };
+        let ttft = left + full * chunk_full + step(rem, cached, running, kv_tokens);
         let tpot = step(0.0, 0.0, running + 1.0, kv_tokens + input);
         let mixed = step(room, 0.0, running + 1.0, kv_tokens + input);
         PriorLatency {
             ttft_ms: ttft * 1e3,
             tpot_ms: tpot * 1e3,
             mixed_step_ms: mixed * 1e3,
+            step_in_flight_ms: in_flight * 1e3,
         }
     }
 }
@@ -148,5 +177,50 @@ mod tests {
         assert!(cached.ttft_ms < a.ttft_ms);
         let slow = physics("l40s").prior(&idle);
         assert!(slow.ttft_ms > a.ttft_ms && slow.tpot_ms > a.tpot_ms);
+    }
+
+    #[test]
+    fn the_step_in_flight_and_the_queue_place_a_new_prompt() {
+        let p = physics("h100");
+        let busy = Features {
+            input_token_length: 200,
+            num_request_running: 20,
+            kv_cache_percentage: 0.05,
+            ms_since_last_token: Some(0.0),
+            ..Default::default()
+        };
+        let start = p.prior(&busy);
+        assert!(start.step_in_flight_ms > 0.0);
+        // Later in the step, less of it is left; past its estimated end, none.
+        let later = p.prior(&Features {
+            ms_since_last_token: Some(0.5 * start.step_in_flight_ms),
+            ..busy
+        });
+        assert!((start.ttft_ms - later.ttft_ms - 0.5 * start.step_in_flight_ms).abs() < 1e-9);
+        let past = p.prior(&Features {
+            ms_since_last_token: Some(10.0 * start.step_in_flight_ms),
+            ..busy
+        });
+        assert!((start.ttft_ms - past.ttft_ms - start.step_in_flight_ms).abs() < 1e-9);
+        // Unknown phase: half the step.
+        let unknown = p.prior(&Features {
+            ms_since_last_token: None,
+            ..busy
+        });
+        assert!((start.ttft_ms - unknown.ttft_ms - 0.5 * start.step_in_flight_ms).abs() < 1e-9);
+        // 2000 prompt tokens ahead. Being prefilled (none waiting), they lengthen the step in
+        // flight and the new prompt follows alone; waiting, they share its step.
+        let scheduled = p.prior(&Features {
+            prefill_tokens_in_flight: 2000,
+            ..busy
+        });
+        let waiting = p.prior(&Features {
+            prefill_tokens_in_flight: 2000,
+            num_request_waiting: 1,
+            ..busy
+        });
+        assert!(scheduled.step_in_flight_ms > start.step_in_flight_ms);
+        assert_eq!(waiting.step_in_flight_ms, start.step_in_flight_ms);
+        assert!(waiting.ttft_ms > start.ttft_ms && scheduled.ttft_ms > start.ttft_ms);
     }
 }

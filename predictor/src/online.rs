@@ -6,8 +6,13 @@
 //! after enough new rows have arrived and a fit has run. Meanwhile every labelled sample that
 //! arrives is out of sample for the current version, so it can correct that version's
 //! predictions at once:
-//! - the point prediction gets a multiplicative bias, the running mean of `ln(actual/point)`
-//!   (an exponentially weighted step per label);
+//! - the point prediction gets a multiplicative bias that tracks the median of
+//!   `ln(actual/point)`: each label moves it one fixed step towards its own side (stochastic
+//!   median tracking). The models' points are medians (absolute-loss fits of the log-ratio to
+//!   the physics prior, `crate::gbdt`), so the bias keeps them so on new traffic; and where
+//!   the prior is exact, many labels equal the point, so the median stays on them while a
+//!   mean would follow the few requests a burst held up (unseen sharegpt TTFT MAPE 4.3 %
+//!   against 6.0 % with the mean, docs/predictor.md);
 //! - each reported quantile gets a multiplicative offset tracked so that the share of labels
 //!   above it converges to `1 - q` whatever the traffic does: a miss raises it by
 //!   `rate * q`, a hit lowers it by `rate * (1 - q)` (quantile tracking: the proportional part
@@ -37,8 +42,8 @@ use crate::model::{QUANTILES, Quantiles};
 pub struct OnlineConfig {
     /// Off: predictions are the model's own until the next retraining.
     pub enabled: bool,
-    /// Weight of one label in the log-bias of the point prediction (about 1/rate labels of
-    /// memory).
+    /// Step of the point prediction's log-bias per label, towards the label's side: a bias of
+    /// `x` in log space takes `x / bias_rate` labels to learn.
     pub bias_rate: f64,
     /// Step of a quantile's log-offset per label.
     pub quantile_rate: f64,
@@ -50,9 +55,10 @@ impl Default for OnlineConfig {
         // Slow enough for the delay between a prediction and its labels: a TPOT label comes
         // when the request ends, a hundred or more predictions later, and a faster step makes
         // the quantiles overshoot and swing (docs/predictor.md, "Online calibration").
+        // A 10 % bias is learnt in about 300 labels, and settles within 0.03 % of the median.
         Self {
             enabled: true,
-            bias_rate: 0.003,
+            bias_rate: 0.0003,
             quantile_rate: 0.002,
         }
     }
@@ -236,10 +242,10 @@ impl TargetCalibration {
             }
         }
         s.rows += 1;
-        // A clamp keeps one wild label (a request stuck behind a preemption) from moving the
-        // bias by more than `bias_rate` in log space.
-        let step = (actual / corrected.point).ln().clamp(-1.0, 1.0);
-        s.log_bias += self.config.bias_rate * step;
+        // One fixed step towards the label's side, whatever its distance: a wild label (a
+        // request stuck behind a preemption) counts no more than any other.
+        let side = actual.total_cmp(&corrected.point) as i8;
+        s.log_bias += self.config.bias_rate * f64::from(side);
         for (i, q) in QUANTILES.iter().enumerate() {
             let miss = f64::from(u8::from(!covered[i]));
             s.log_offsets[i] += self.config.quantile_rate * (miss - (1.0 - q));
@@ -301,7 +307,7 @@ mod tests {
     fn a_constant_bias_is_learned_within_a_few_thousand_labels() {
         let c = TargetCalibration::default();
         // The traffic runs 1.5x slower than the model says.
-        for i in 0..2_000 {
+        for i in 0..4_000 {
             c.observe(raw(10.0), 15.0 * spread(i));
         }
         let p = c.apply(raw(10.0)).point;

@@ -2,13 +2,14 @@
 //! held-out slice of the training distribution p90 covers 88-92 % of requests; (2) on workloads
 //! never trained on (other length mix, envelope, burstiness, prefix sharing), the predictions
 //! served, calibrated online from the labels as they arrive (each request's labels reach the
-//! predictor when it finishes, as llm-d's EPP sends them), cover 88-92 % at p90; (3) their MAPE
-//! stays within the regression bounds below; (4) on azure-conv, retrained every 120 s on what has
-//! arrived as in service (each request still predicted before its labels exist), TTFT gets
-//! more accurate, TPOT no worse, and p90 coverage stays 88-92 %. The model's own (frozen)
-//! figures on the unseen workloads are printed next to them. The predictor is per variant (H100
-//! here) with the variant's physics priors, as goodput's scheduler keeps it. The 5 % MAPE
-//! target is NOT met on this data (see docs/predictor.md, "Accuracy").
+//! predictor when it finishes, as llm-d's EPP sends them), cover 88-92 % at p90; (3) their TTFT
+//! MAPE is within the 5 % and their TPOT MAPE within a regression bound (the 5 %
+//! is NOT met for TPOT on unseen workloads: see docs/predictor.md, "Accuracy"); (4) on
+//! azure-conv, retrained every 120 s on what has arrived as in service (each request still
+//! predicted before its labels exist), TTFT gets more accurate, TPOT no worse, and p90 coverage
+//! stays 88-92 %. The model's own (frozen) figures on the unseen workloads are printed next to
+//! them. The predictor is per variant (H100 here) with the variant's physics priors, as
+//! goodput's scheduler keeps it.
 //!
 //! Run with `--nocapture` to see the figures (docs/predictor.md quotes them).
 
@@ -93,10 +94,11 @@ fn held_out_workloads_meet_the_coverage_target_and_mape_bounds() {
                     a.coverage[1]
                 ));
             }
-            // Regression bounds at today's figures plus a margin, not the 5 %.
+            // TTFT: the 5 %. TPOT: today's figures plus a margin (what limits it is the
+            // batch that forms after dispatch, examples/accuracy_limits.rs).
             let bound = match t {
-                Target::Ttft => 9.0,
-                Target::Tpot => 12.0,
+                Target::Ttft => 5.0,
+                Target::Tpot => 10.5,
             };
             if a.mape_percent > bound {
                 failures.push(format!(

@@ -49,8 +49,9 @@ impl Default for GbdtParams {
     fn default() -> Self {
         // Few, shallow trees with a high learning rate. With the physics priors as the offset
         // the residual is simple: on the simulator's data (docs/predictor.md) 32 trees of
-        // depth 4 match 48 of depth 5 and 80 of depth 6 within a few tenths of a MAPE point, at
-        // about half and a quarter of the node visits per prediction.
+        // depth 4 matched 48 of depth 5 and 80 of depth 6 within a few tenths of a MAPE point
+        // (measured with squared loss), at about half and a quarter of the node visits per
+        // prediction.
         Self {
             trees: 32,
             depth: 4,
@@ -59,7 +60,8 @@ impl Default for GbdtParams {
             min_leaf: 8,
             lambda: 1.0,
             // Half the residuals clipped: on the simulator's data 0.5 beat 0.9 (scikit-learn's
-            // default) on every unseen MAPE figure but sharegpt TPOT (docs/predictor.md).
+            // default) on unseen TTFT by 0.15-0.3 point and matched or beat it on TPOT
+            // (docs/predictor.md).
             huber_quantile: default_huber_quantile(),
         }
     }

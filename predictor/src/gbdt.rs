@@ -309,12 +309,12 @@ pub fn fit(x: &[FeatureVector], y: &[f64], params: &GbdtParams) -> Gbdt {
     }
 }
 
-/// The `q` quantile of the absolute values of `v` that are not 0 (+inf for `q` >= 1 or no
-/// such values). Zeros are left out: where the prior is exact most residuals are 0, and a
-/// transition at 0 would clip every residual to nothing and stop the fit.
 /// Residuals this small (in log space) are exact predictions.
 const EXACT: f64 = 1e-9;
 
+/// The `q` quantile of the absolute values of `v` that are not 0 (+inf for `q` >= 1 or no
+/// such values). Zeros are left out: where the prior is exact most residuals are 0, and a
+/// transition at 0 would clip every residual to nothing and stop the fit.
 fn quantile_abs(v: &[f64], q: f64) -> f64 {
     let mut abs: Vec<f64> = v.iter().map(|x| x.abs()).filter(|&a| a > EXACT).collect();
     if abs.is_empty() || q >= 1.0 || q.is_nan() {

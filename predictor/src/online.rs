@@ -8,8 +8,9 @@
 //! predictions at once:
 //! - the point prediction gets a multiplicative bias that tracks the median of
 //!   `ln(actual/point)`: each label moves it one fixed step towards its own side (stochastic
-//!   median tracking). The models' points are medians (absolute-loss fits of the log-ratio to
-//!   the physics prior, `crate::gbdt`), so the bias keeps them so on new traffic; and where
+//!   median tracking). The trees fit the log-ratio to the physics prior with Huber loss
+//!   (`crate::gbdt`), which keeps their points near its median, and the bias keeps them so on
+//!   new traffic; and where
 //!   the prior is exact, many labels equal the point, so the median stays on them while a
 //!   mean would follow the few requests a burst held up (unseen sharegpt TTFT MAPE 4.3 %
 //!   against 6.0 % with the mean, docs/predictor.md);

@@ -397,7 +397,9 @@ impl Predictor {
                     if let (Some(m), Some(y)) = (models.target(target), s.target(target)) {
                         let c = models.calibration(target);
                         match served {
-                            Some(v) => c.observe_served(v.prediction.target(target), y),
+                            Some(v) => {
+                                c.observe_served(v.prediction.target(target), m.predict(&x), y)
+                            }
                             None => c.observe(m.predict(&x), y),
                         }
                     }

@@ -107,6 +107,55 @@ pub fn held_out_workloads(knowledge: Knowledge) -> Vec<(&'static str, Vec<Timed>
     ]
 }
 
+/// Three more workloads never trained on, for the accuracy test's served scoring: a heavier
+/// load than any trained (sharegpt at 36 req/s, where batches reach twice the training's), long
+/// prompts under an envelope (arxiv), and prefix-heavy code traffic with bursts (azure-code with
+/// 32 shared 2048-token prefixes).
+pub fn more_held_out_workloads() -> Vec<(&'static str, Vec<Timed>)> {
+    vec![
+        (
+            "sharegpt 36 req/s",
+            run_timed(
+                "h100",
+                4,
+                generator(36.0, "sharegpt", "", 777),
+                778,
+                Knowledge::AtDispatch,
+            ),
+        ),
+        (
+            "arxiv 7 req/s, daily envelope",
+            run_timed(
+                "h100",
+                4,
+                generator(
+                    7.0,
+                    "arxiv",
+                    "    envelope: { daily: { peak_to_trough: 3.0, period_s: 900 } }\n",
+                    777,
+                ),
+                778,
+                Knowledge::AtDispatch,
+            ),
+        ),
+        (
+            "azure-code 14 req/s, gamma CV 2.5, 32 prefixes",
+            run_timed(
+                "h100",
+                4,
+                generator(
+                    14.0,
+                    "azure-code",
+                    "    arrival: { gamma: { cv: 2.5 } }\n    prefix: { groups: 32, prefix_tokens: 2048 }\n",
+                    777,
+                ),
+                778,
+                Knowledge::AtDispatch,
+            ),
+        ),
+    ]
+}
+
 /// The model's own predictions (no online calibration) against the labels.
 pub fn score_frozen(p: &Predictor, samples: &[Timed], t: Target) -> Accuracy {
     let m = p.models();

@@ -300,7 +300,7 @@ pub struct TargetModel {
 /// prior does: it is built from the engine's step times and scheduler, not from the rows. So a
 /// model that learns the log-ratio to the prior adds its correction only inside the box it was
 /// trained in. On an unseen sharegpt load of 36 req/s on four H100s (batches of 700 running
-/// requests, where training reached about half that) the prior alone was within 1.3 % MAPE of
+/// requests, where training reached 136) the prior alone was within 1.3 % MAPE of
 /// TTFT and the trees' edge correction 13 % (docs/predictor.md, "Accuracy").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Support {

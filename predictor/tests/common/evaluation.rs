@@ -108,9 +108,9 @@ pub fn held_out_workloads(knowledge: Knowledge) -> Vec<(&'static str, Vec<Timed>
 }
 
 /// Three more workloads never trained on, for the accuracy test's served scoring: a heavier
-/// load than any trained (sharegpt at 36 req/s, where batches reach twice the training's), long
-/// prompts under an envelope (arxiv), and prefix-heavy code traffic with bursts (azure-code with
-/// 32 shared 2048-token prefixes).
+/// load than any trained (sharegpt at 36 req/s, where batches reach five times the training's),
+/// long prompts under an envelope (arxiv), and prefix-heavy code traffic with bursts
+/// (azure-code with 32 shared 2048-token prefixes).
 pub fn more_held_out_workloads() -> Vec<(&'static str, Vec<Timed>)> {
     vec![
         (

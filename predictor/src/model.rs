@@ -378,12 +378,17 @@ impl TargetModel {
     /// The point prediction, ms: the prior alone for a row outside the training box.
     #[inline]
     pub fn point(&self, x: &FeatureVector) -> f64 {
-        let x = if self.ignored.is_empty() {
-            *x
+        let support = self.support.as_ref();
+        if self.ignored.is_empty() {
+            guarded_point(&self.regressor, self.offset, support, x)
         } else {
-            masked(x, &self.ignored)
-        };
-        guarded_point(&self.regressor, self.offset, self.support.as_ref(), &x)
+            guarded_point(
+                &self.regressor,
+                self.offset,
+                support,
+                &masked(x, &self.ignored),
+            )
+        }
     }
 }
 
@@ -529,17 +534,23 @@ mod tests {
         assert!((acc.pinball_ms[0] - 2.5).abs() < 1e-9);
     }
 
-    #[test]
-    fn selection_prefers_the_family_that_fits_and_reports_both() {
-        // A step function of one feature: trees fit it, a linear model cannot.
-        let rows: Vec<(FeatureVector, f64)> = (0..2000)
+    /// 2000 rows whose feature 0 cycles over [0, 1) in hundredths; `label` sets any other
+    /// feature of row `i` and returns its latency.
+    fn rows(label: impl Fn(usize, &mut FeatureVector) -> f64) -> Vec<(FeatureVector, f64)> {
+        (0..2000)
             .map(|i| {
                 let mut f = [0.0; N_FEATURES];
                 f[0] = (i % 100) as f64 / 100.0;
-                let y = if f[0] > 0.5 { 200.0 } else { 20.0 };
+                let y = label(i, &mut f);
                 (f, y)
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn selection_prefers_the_family_that_fits_and_reports_both() {
+        // A step function of one feature: trees fit it, a linear model cannot.
+        let rows = rows(|_, f| if f[0] > 0.5 { 200.0 } else { 20.0 });
         let (train, held) = rows.split_at(1600);
         let (cal, eval) = held.split_at(200);
         let m = fit_target("ttft", None, &[], train, cal, eval, &FitParams::default()).unwrap();
@@ -560,15 +571,10 @@ mod tests {
 
     #[test]
     fn an_ignored_feature_is_seen_neither_in_training_nor_in_prediction() {
-        let rows: Vec<(FeatureVector, f64)> = (0..2000)
-            .map(|i| {
-                let mut f = [0.0; N_FEATURES];
-                f[0] = (i % 100) as f64 / 100.0;
-                f[1] = (i % 7) as f64;
-                let y = if f[0] > 0.5 { 200.0 } else { 20.0 } + f[1];
-                (f, y)
-            })
-            .collect();
+        let rows = rows(|i, f| {
+            f[1] = (i % 7) as f64;
+            (if f[0] > 0.5 { 200.0 } else { 20.0 }) + f[1]
+        });
         let (train, held) = rows.split_at(1600);
         let (cal, eval) = held.split_at(200);
         let m = fit_target("tpot", None, &[0], train, cal, eval, &FitParams::default()).unwrap();
@@ -611,15 +617,10 @@ mod tests {
     fn outside_the_training_box_the_prior_answers_alone() {
         // The latency is the prior (feature 14) times 2 where feature 0 <= 0.5, and the prior
         // itself elsewhere; training saw feature 0 in [0, 1).
-        let rows: Vec<(FeatureVector, f64)> = (0..2000)
-            .map(|i| {
-                let mut f = [0.0; N_FEATURES];
-                f[0] = (i % 100) as f64 / 100.0;
-                f[14] = 10.0 + (i % 7) as f64;
-                let y = if f[0] <= 0.5 { 2.0 * f[14] } else { f[14] };
-                (f, y)
-            })
-            .collect();
+        let rows = rows(|i, f| {
+            f[14] = 10.0 + (i % 7) as f64;
+            if f[0] <= 0.5 { 2.0 * f[14] } else { f[14] }
+        });
         let (train, held) = rows.split_at(1600);
         let (cal, eval) = held.split_at(200);
         let m = fit_target(

@@ -211,10 +211,10 @@ pub struct Speeds<'a> {
 /// Routers that balance outstanding requests (least-loaded, least-requests, a queue-length
 /// scorer alone) give a replica several times slower than its peers about the same number of
 /// concurrent requests, so its requests run far slower than the plan's share assumes; the cheap
-/// slow replicas that plain [`optimise`] adds to cover a remainder then miss the SLO. Each usable variant in turn
-/// anchors a plan among the variants at least `speeds.min_ratio` of its probed speed and no
-/// faster (speed as probed, so that a variant derated for missing its SLO does not make slower
-/// ones look comparable); the plan that carries the demand at the lowest cost per hour plus
+/// slow replicas that plain [`optimise`] adds to cover a remainder then miss the SLO. Each
+/// usable variant in turn anchors a plan among the variants at least `speeds.min_ratio` of its
+/// probed speed and no faster (speed as probed, so that a variant derated for missing its SLO
+/// does not make slower ones look comparable); the plan that carries the demand at the lowest cost per hour plus
 /// start-up charge wins, so that a mix a few cents cheaper does not replace a running fleet.
 /// With concurrencies (`speeds.concurrency`, a count-balancing router), each anchor's plan is
 /// tried at the concurrency of each of its variants: the variants that reach their SLO below it

@@ -7,12 +7,14 @@
 //! - [`physics`]: a variant's engine physics turned into prior TTFT/TPOT features (the models
 //!   learn the log-ratio actual/prior).
 //! - [`window`]: the stratified training window with ageing and a held-out slice.
-//! - [`gbdt`], [`model`]: the model families (gradient-boosted trees, elastic-net linear),
-//!   selection per target by held-out MAPE, conformal quantiles, accuracy.
+//! - [`gbdt`], [`model`]: the model families (gradient-boosted trees with Huber loss,
+//!   elastic-net linear), selection per target by held-out MAPE, conformal quantiles, accuracy,
+//!   and the training box outside which the physics prior answers alone.
 //! - [`predictor`]: the online [`Predictor`]: versioned models swapped atomically, background
 //!   retraining on a cadence and on drift; predictions never wait for training.
 //! - [`online`]: each version's calibration from the labels that arrive after it was fitted
-//!   (a bias of the point, quantiles tracked to their coverage), until the next retraining.
+//!   (a median bias of the point, quantiles tracked to their coverage), until the next
+//!   retraining.
 //! - [`perf`]: the per-variant performance model for scaling (roofline prior from
 //!   `goodput_core::perf`, corrected online from aggregate observations).
 //! - [`metrics`]: the crate's own Prometheus metrics.

@@ -136,7 +136,7 @@ impl<L: LatencyModel> Router for SimRouter<L> {
                 waiting: c.waiting as u32,
                 kv_usage: c.kv_usage,
                 in_flight: (c.running + c.waiting) as u32,
-                prefill_tokens_in_flight: c.queued_prompt_tokens,
+                prefill_tokens_in_flight: c.prefill_tokens_in_flight,
                 decode_tokens_in_flight: 0,
                 ms_since_last_token: c.since_last_token_s.map(|s| s * 1e3),
             }
@@ -227,7 +227,8 @@ mod tests {
             running: 1,
             waiting: 0,
             kv_usage: 0.1,
-            queued_prompt_tokens: 0,
+            prefill_tokens_in_flight: 0,
+            since_oldest_prefill_s: None,
             since_last_token_s: None,
         };
         let cands = [view(0), view(1), view(2)];

@@ -408,17 +408,21 @@ impl Sim<'_> {
                 r.state == ReplicaState::Ready
                     && entry_roles.contains(&self.variants[r.variant].role)
             })
-            .map(|(i, r)| ReplicaView {
-                replica: i,
-                variant: r.variant,
-                running: r.engine.num_running(),
-                waiting: r.engine.num_waiting(),
-                kv_usage: r.engine.kv_usage(now),
-                queued_prompt_tokens: r.engine.queued_prompt_tokens(),
-                since_last_token_s: r
-                    .engine
-                    .last_token_at(now)
-                    .map(|last| (now - last).max(0.0)),
+            .map(|(i, r)| {
+                let prefill = r.engine.prefill_in_flight();
+                ReplicaView {
+                    replica: i,
+                    variant: r.variant,
+                    running: r.engine.num_running(),
+                    waiting: r.engine.num_waiting(),
+                    kv_usage: r.engine.kv_usage(now),
+                    prefill_tokens_in_flight: prefill.tokens,
+                    since_oldest_prefill_s: prefill.oldest_arrival_s.map(|a| (now - a).max(0.0)),
+                    since_last_token_s: r
+                        .engine
+                        .last_token_at(now)
+                        .map(|last| (now - last).max(0.0)),
+                }
             })
             .collect();
         let req = RouteRequest {

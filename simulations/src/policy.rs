@@ -17,8 +17,12 @@ pub struct ReplicaView {
     pub waiting: usize,
     /// KV-cache usage, 0..1.
     pub kv_usage: f64,
-    /// Prompt tokens queued ahead of a new request.
-    pub queued_prompt_tokens: u64,
+    /// Prompt tokens of the requests there that have not produced their first token, less what
+    /// is computed of them (what a gateway counts as prefill in flight, without its guess of
+    /// the cache hits).
+    pub prefill_tokens_in_flight: u64,
+    /// Seconds since the oldest of those requests arrived, None when there are none.
+    pub since_oldest_prefill_s: Option<f64>,
     /// Seconds since the replica last emitted a token (as a gateway streaming its responses
     /// sees it), None before its first.
     pub since_last_token_s: Option<f64>,
@@ -163,7 +167,8 @@ mod tests {
             running,
             waiting,
             kv_usage: kv,
-            queued_prompt_tokens: 0,
+            prefill_tokens_in_flight: 0,
+            since_oldest_prefill_s: None,
             since_last_token_s: None,
         }
     }

@@ -91,6 +91,15 @@ pub struct Finished {
     pub rejected: bool,
 }
 
+/// Prompts awaiting their first token on an engine (see [`Engine::prefill_in_flight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PrefillInFlight {
+    /// Their prompt tokens not yet computed.
+    pub tokens: u64,
+    /// When the oldest of them arrived; None when there are none.
+    pub oldest_arrival_s: Option<f64>,
+}
+
 #[derive(Debug, Clone)]
 struct Seq {
     req: EngineRequest,
@@ -261,13 +270,26 @@ impl Engine {
         used as f64 / total as f64
     }
 
-    /// Prompt tokens of the queued requests (what a new request waits behind).
-    pub fn queued_prompt_tokens(&self) -> u64 {
-        self.waiting
+    /// The prompts a gateway counts in flight here: those of requests (waiting or running) that
+    /// have not produced their first token, with the tokens of theirs not yet computed (a chunk
+    /// in flight still counts) and when the oldest of them arrived. A request preempted after
+    /// its first token is not counted: a gateway has seen its first token.
+    pub fn prefill_in_flight(&self) -> PrefillInFlight {
+        let mut out = PrefillInFlight::default();
+        for s in self
+            .waiting
             .iter()
+            .chain(self.running.iter())
             .filter_map(|&i| self.seqs[i].as_ref())
-            .map(|s| s.total_len() - s.computed)
-            .sum()
+            .filter(|s| s.first_token_s.is_none())
+        {
+            out.tokens += s.total_len().saturating_sub(s.computed);
+            out.oldest_arrival_s = Some(
+                out.oldest_arrival_s
+                    .map_or(s.arrival_s, |o: f64| o.min(s.arrival_s)),
+            );
+        }
+        out
     }
 
     /// KV capacity in blocks.

@@ -244,3 +244,33 @@ fn modes_agree_with_prefix_caching_kv_pressure_and_arrivals() {
     assert_eq!(steps_a, steps_b);
     assert_eq!(ca.preemptions, cb.preemptions);
 }
+
+#[test]
+fn prompts_count_in_flight_until_their_first_token() {
+    let mut p = params(StepMode::StepByStep, None);
+    p.limits.max_num_batched_tokens = 512;
+    let mut e = Engine::new(p);
+    assert_eq!(e.prefill_in_flight(), PrefillInFlight::default());
+    e.enqueue(0.0, req(1, 2000, 3, &[]));
+    e.enqueue(0.5, req(2, 100, 3, &[]));
+    // Both waiting: every prompt token, timed from the older arrival.
+    let both = e.prefill_in_flight();
+    assert_eq!(both.tokens, 2100);
+    assert_eq!(both.oldest_arrival_s, Some(0.0));
+    // Request 1 is scheduled: its chunk in flight still counts until the step ends, and it
+    // stays in flight (running, not waiting) until its prompt is done.
+    let first_step_end = e.kick(0.5).unwrap();
+    assert_eq!(e.num_waiting(), 1);
+    assert_eq!(e.prefill_in_flight(), both);
+    e.advance(first_step_end);
+    let after_one_chunk = e.prefill_in_flight();
+    assert_eq!(after_one_chunk.tokens, 2100 - 512);
+    assert_eq!(after_one_chunk.oldest_arrival_s, Some(0.0));
+    // Once both have their first token, nothing is in flight, though they still decode.
+    while e.prefill_in_flight().tokens > 0 {
+        let now = e.next_event().unwrap();
+        e.advance(now);
+    }
+    assert_eq!(e.prefill_in_flight(), PrefillInFlight::default());
+    assert!(e.num_running() > 0, "still decoding");
+}

@@ -76,6 +76,12 @@ pub struct Features {
     /// prompt waits for that step's end before its own prefill starts.
     #[serde(default)]
     pub ms_since_last_token: Option<f64>,
+    /// Milliseconds since the oldest request dispatched to the endpoint and still waiting for
+    /// its first token was dispatched; None when unknown or when there is none. After an idle spell the
+    /// engine starts prefilling a prompt when it arrives, not when it last streamed a token:
+    /// this says how far that prefill is.
+    #[serde(default)]
+    pub ms_since_oldest_prefill: Option<f64>,
 }
 
 /// Number of engineered features.
@@ -160,13 +166,8 @@ impl Features {
             .ms_since_last_token
             .filter(|x| x.is_finite() && *x >= 0.0)
             .unwrap_or(-1.0);
-        // What is left of the step in progress, by the physics' step time: only meaningful
-        // while requests run (an idle engine starts a new prompt at once).
-        let remaining = if since >= 0.0 && self.num_request_running > 0 {
-            (prior.step_in_flight_ms - since).max(0.0)
-        } else {
-            0.0
-        };
+        // What is left of the step in progress, as the TTFT prior takes it.
+        let remaining = prior.step_left_ms;
         [
             kv,
             input,

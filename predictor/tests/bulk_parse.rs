@@ -54,7 +54,7 @@ fn count64() -> impl Strategy<Value = Text> {
     ]
 }
 
-/// `ms_since_last_token`: null or milliseconds >= 0.
+/// `ms_since_last_token`, `ms_since_oldest_prefill`: null or milliseconds >= 0.
 fn elapsed_ms() -> impl Strategy<Value = Text> {
     prop_oneof![
         3 => (0.0f64..1e6).prop_map(|x| (format!("{x}"), true)),
@@ -104,9 +104,10 @@ fn row() -> impl Strategy<Value = Vec<(String, Text)>> {
         prop::option::of(count64()),
         prop::option::of(count64()),
         prop::option::of(elapsed_ms()),
+        prop::option::of(elapsed_ms()),
     );
     (required, optional, prop::collection::vec(unknown(), 0..3)).prop_flat_map(
-        |((kv, input, waiting, running, generated, prefix), (pod, pf, dc, em, ei, ms), unk)| {
+        |((kv, input, waiting, running, generated, prefix), (pod, pf, dc, em, ei, ms, mp), unk)| {
             let mut e: Vec<(String, Text)> = vec![
                 ("kv_cache_percentage".into(), kv),
                 ("input_token_length".into(), input),
@@ -122,6 +123,7 @@ fn row() -> impl Strategy<Value = Vec<(String, Text)>> {
                 ("encoder_matched_size", em),
                 ("encoder_input_size", ei),
                 ("ms_since_last_token", ms),
+                ("ms_since_oldest_prefill", mp),
             ] {
                 if let Some(v) = v {
                     e.push((name.into(), v));

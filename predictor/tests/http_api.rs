@@ -304,6 +304,8 @@ async fn malformed_input_gets_a_422_naming_the_field() {
         ("pod_type", json!(3)),
         ("ms_since_last_token", json!(-2.5)),
         ("ms_since_last_token", json!("recently")),
+        ("ms_since_oldest_prefill", json!(-1)),
+        ("ms_since_oldest_prefill", json!([3])),
     ] {
         let mut v: Value = serde_json::from_str(STRICT_EXAMPLE).unwrap();
         v["requests"][0][field] = bad;

@@ -53,6 +53,9 @@ pub struct EndpointView {
     /// Milliseconds since a response from there last streamed a token, None when unknown (no
     /// response seen yet, or response bodies not streamed through the scheduler).
     pub ms_since_last_token: Option<f64>,
+    /// Milliseconds since the oldest request dispatched there that has not produced its first
+    /// token was dispatched, None when there is none.
+    pub ms_since_oldest_prefill: Option<f64>,
 }
 
 impl EndpointView {
@@ -90,6 +93,7 @@ impl EndpointView {
             prefill_tokens_in_flight: self.prefill_tokens_in_flight,
             decode_tokens_in_flight: self.decode_tokens_in_flight,
             ms_since_last_token: self.ms_since_last_token,
+            ms_since_oldest_prefill: self.ms_since_oldest_prefill,
         }
     }
 }

@@ -137,6 +137,7 @@ impl<L: LatencyModel> Router for SimRouter<L> {
                 kv_usage: c.kv_usage,
                 in_flight: (c.running + c.waiting) as u32,
                 prefill_tokens_in_flight: c.prefill_tokens_in_flight,
+                ms_since_oldest_prefill: c.since_oldest_prefill_s.map(|s| s * 1e3),
                 decode_tokens_in_flight: 0,
                 ms_since_last_token: c.since_last_token_s.map(|s| s * 1e3),
             }

@@ -176,6 +176,7 @@ pub fn parse_features(v: &Value, parent: &str) -> Result<Features, FieldError> {
         prefill_tokens_in_flight: count(m, parent, "prefill_tokens_in_flight", false, u64::MAX)?,
         decode_tokens_in_flight: count(m, parent, "decode_tokens_in_flight", false, u64::MAX)?,
         ms_since_last_token: optional_nonneg_ms(m, parent, "ms_since_last_token")?,
+        ms_since_oldest_prefill: optional_nonneg_ms(m, parent, "ms_since_oldest_prefill")?,
     };
     // Encoder (multimodal) sizes are accepted and checked, not used: the simulator has no
     // multimodal requests to learn their effect from.

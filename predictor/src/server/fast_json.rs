@@ -38,6 +38,7 @@ const DECODE: u16 = 1 << 8;
 const ENC_MATCHED: u16 = 1 << 9;
 const ENC_INPUT: u16 = 1 << 10;
 const SINCE_TOKEN: u16 = 1 << 11;
+const SINCE_PREFILL: u16 = 1 << 12;
 const REQUIRED: u16 = KV | INPUT | WAITING | RUNNING | GENERATED | PREFIX;
 
 /// `{"requests":[row...]}` with 1..=`max_rows` rows, or `None` (see the module docs).
@@ -309,6 +310,10 @@ impl<'a> Scanner<'a> {
                 b'm' if self.key(b"ms_since_last_token\"") => {
                     f.ms_since_last_token = self.colon()?.optional_nonneg()?;
                     SINCE_TOKEN
+                }
+                b'm' if self.key(b"ms_since_oldest_prefill\"") => {
+                    f.ms_since_oldest_prefill = self.colon()?.optional_nonneg()?;
+                    SINCE_PREFILL
                 }
                 // Checked, not used (as the generic walk does).
                 b'e' if self.key(b"encoder_matched_size\"") => {

@@ -4,7 +4,8 @@
 
 use goodput_predictor::window::WindowConfig;
 use goodput_predictor::{
-    Accuracy, Predictor, PredictorConfig, RetrainReason, Sample, Served, Target, VariantPhysics,
+    Accuracy, Prediction, Predictor, PredictorConfig, RetrainReason, Sample, Served, Target,
+    VariantPhysics,
 };
 
 use super::{Knowledge, Timed};
@@ -111,7 +112,7 @@ pub fn held_out_workloads(knowledge: Knowledge) -> Vec<(&'static str, Vec<Timed>
 /// load than any trained (sharegpt at 36 req/s, where batches reach five times the training's),
 /// long prompts under an envelope (arxiv), and prefix-heavy code traffic with bursts
 /// (azure-code with 32 shared 2048-token prefixes).
-pub fn more_held_out_workloads() -> Vec<(&'static str, Vec<Timed>)> {
+pub fn more_held_out_workloads(knowledge: Knowledge) -> Vec<(&'static str, Vec<Timed>)> {
     vec![
         (
             "sharegpt 36 req/s",
@@ -120,7 +121,7 @@ pub fn more_held_out_workloads() -> Vec<(&'static str, Vec<Timed>)> {
                 4,
                 generator(36.0, "sharegpt", "", 777),
                 778,
-                Knowledge::AtDispatch,
+                knowledge,
             ),
         ),
         (
@@ -135,7 +136,7 @@ pub fn more_held_out_workloads() -> Vec<(&'static str, Vec<Timed>)> {
                     777,
                 ),
                 778,
-                Knowledge::AtDispatch,
+                knowledge,
             ),
         ),
         (
@@ -150,10 +151,25 @@ pub fn more_held_out_workloads() -> Vec<(&'static str, Vec<Timed>)> {
                     777,
                 ),
                 778,
-                Knowledge::AtDispatch,
+                knowledge,
             ),
         ),
     ]
+}
+
+/// Per request of `at_dispatch`, whether uncached prompt tokens reached its replica after its
+/// dispatch and before its first token (prompts that may share its prefill step), which no
+/// dispatch-time predictor can know. `joined` is the same run collected with
+/// [`Knowledge::FutureWait`].
+pub fn joined_after_dispatch(at_dispatch: &[Timed], joined: &[Timed]) -> Vec<bool> {
+    assert_eq!(at_dispatch.len(), joined.len(), "the same run");
+    at_dispatch
+        .iter()
+        .zip(joined)
+        .map(|(a, j)| {
+            j.sample.features.prefill_tokens_in_flight > a.sample.features.prefill_tokens_in_flight
+        })
+        .collect()
 }
 
 /// The model's own predictions (no online calibration) against the labels.
@@ -183,6 +199,38 @@ pub fn score_prequential(
     keep_served: bool,
     retrain_every_s: Option<f64>,
 ) -> [Accuracy; 2] {
+    let served = serve_prequential(p, samples, keep_served, retrain_every_s);
+    Target::ALL.map(|t| score_predictions(samples, &served, t, |_| true))
+}
+
+/// The accuracy of `served` (one prediction per sample) on the samples `keep` selects.
+pub fn score_predictions(
+    samples: &[Timed],
+    served: &[Option<Prediction>],
+    t: Target,
+    keep: impl Fn(usize) -> bool,
+) -> Accuracy {
+    Accuracy::score(
+        samples
+            .iter()
+            .zip(served)
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .filter_map(|(_, (s, pred))| {
+                let y = s.sample.target(t)?;
+                let q = pred.as_ref()?.target(t);
+                Some((q.point, [q.p50, q.p90, q.p99], y))
+            }),
+    )
+}
+
+/// The predictions [`score_prequential`] scores, one per sample.
+pub fn serve_prequential(
+    p: &Predictor,
+    samples: &[Timed],
+    keep_served: bool,
+    retrain_every_s: Option<f64>,
+) -> Vec<Option<Prediction>> {
     enum Event {
         Dispatch(usize),
         Finish(usize),
@@ -225,13 +273,7 @@ pub fn score_prequential(
             },
         }
     }
-    Target::ALL.map(|t| {
-        Accuracy::score(samples.iter().zip(&served).filter_map(|(s, pred)| {
-            let y = s.sample.target(t)?;
-            let q = pred.as_ref()?.target(t);
-            Some((q.point, [q.p50, q.p90, q.p99], y))
-        }))
-    })
+    served
 }
 
 /// H100's predictor (with its physics) trained once on `train`.

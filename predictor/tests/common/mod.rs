@@ -28,9 +28,9 @@ pub enum Knowledge {
     /// replica while this one decodes, and `decode_tokens_in_flight` the uncached prompt tokens
     /// per second dispatched to the replica during that time.
     Future,
-    /// An oracle for TTFT: `prefill_tokens_in_flight` also counts the uncached prompt tokens
-    /// dispatched to the replica after this request and before its first token (prompts that
-    /// share its prefill steps or jump its queue).
+    /// For TTFT: `prefill_tokens_in_flight` also counts the uncached prompt tokens dispatched to
+    /// the replica after this request and before its first token (prompts that may share its
+    /// prefill step). Compared with [`Knowledge::AtDispatch`], it finds those requests.
     FutureWait,
 }
 
@@ -154,6 +154,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Ve
         let list = &mut per_replica[d.replica];
         list.retain(|&(_, ft, _)| ft > t);
         let in_flight: u64 = list.iter().map(|x| x.2).sum();
+        let oldest = list.iter().map(|x| x.0).min_by(f64::total_cmp);
         let uncached = ((1.0 - d.prefix_score) * d.input as f64) as u64;
         if let Some(ft) = o.first_token_s {
             list.push((t, ft, uncached));
@@ -173,6 +174,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Ve
             prefill_tokens_in_flight: in_flight,
             decode_tokens_in_flight: 0,
             ms_since_last_token: d.view.since_last_token_s.map(|s| s * 1e3),
+            ms_since_oldest_prefill: oldest.map(|o| (t - o) * 1e3),
         };
         if let (Some(oracle), Some(first)) = (&oracle, o.first_token_s) {
             if knowledge == Knowledge::Future {

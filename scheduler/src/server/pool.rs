@@ -13,7 +13,7 @@
 //! [`Pool::finished`]. Tickets and scrape results carry the slot's generation, so they never
 //! touch a later occupant of the same slot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -129,6 +129,10 @@ struct Entry {
     failures: u32,
     in_flight: u32,
     prefill_tokens_in_flight: u64,
+    /// Dispatch instants (nanoseconds after the pool's epoch) of the requests here that have
+    /// not produced a first token, with how many were dispatched at each: the oldest says how
+    /// long the prefill of the prompts in flight can have been running.
+    awaiting_first_token: BTreeMap<u64, u32>,
     /// Requests routed here since it joined.
     dispatched: u64,
     /// When a response from here last streamed a token, written by the response streams
@@ -148,6 +152,7 @@ impl Entry {
             failures: 0,
             in_flight: 0,
             prefill_tokens_in_flight: 0,
+            awaiting_first_token: BTreeMap::new(),
             dispatched: 0,
             last_token: Arc::new(AtomicU64::new(0)),
         }
@@ -162,6 +167,8 @@ pub struct Ticket {
     pub generation: u64,
     pub prefill_slot: Option<usize>,
     pub uncached_tokens: u64,
+    /// When it was dispatched, nanoseconds after the pool's epoch.
+    pub dispatched_ns: u64,
 }
 
 /// One endpoint to scrape: its slot, the generation of its occupant, and its address.
@@ -611,6 +618,11 @@ impl Pool {
                 prefill_tokens_in_flight: e.prefill_tokens_in_flight,
                 decode_tokens_in_flight: 0,
                 ms_since_last_token: ms_since(self.epoch, &e.last_token, now),
+                ms_since_oldest_prefill: e.awaiting_first_token.keys().next().map(|&ns| {
+                    now.saturating_duration_since(self.epoch + Duration::from_nanos(ns))
+                        .as_secs_f64()
+                        * 1e3
+                }),
             });
         }
         let latency: &dyn LatencyModel = match latency {
@@ -629,10 +641,14 @@ impl Pool {
                     self.prefix.record(p, request.hashes);
                 }
                 let mut generation = 0;
+                let dispatched_ns =
+                    u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
+                        .unwrap_or(u64::MAX);
                 if let Some(e) = self.entries.get_mut(slot).and_then(Option::as_mut) {
                     e.in_flight += 1;
                     e.dispatched += 1;
                     e.prefill_tokens_in_flight += uncached;
+                    *e.awaiting_first_token.entry(dispatched_ns).or_insert(0) += 1;
                     generation = e.generation;
                 }
                 Some(Ticket {
@@ -640,6 +656,7 @@ impl Pool {
                     generation,
                     prefill_slot,
                     uncached_tokens: uncached,
+                    dispatched_ns,
                 })
             }
             _ => None,
@@ -671,6 +688,12 @@ impl Pool {
         if let Some(e) = self.ticket_entry(t) {
             e.prefill_tokens_in_flight =
                 e.prefill_tokens_in_flight.saturating_sub(t.uncached_tokens);
+            if let Some(n) = e.awaiting_first_token.get_mut(&t.dispatched_ns) {
+                *n -= 1;
+                if *n == 0 {
+                    e.awaiting_first_token.remove(&t.dispatched_ns);
+                }
+            }
         }
     }
 
@@ -840,6 +863,35 @@ mod tests {
         assert_eq!(pool.in_flight(1), 0);
         let (d, _) = pool.pick(&req, &NoPredictions, t0 + Duration::from_secs(60));
         assert_eq!(d, Decision::NoEndpoint);
+    }
+
+    #[test]
+    fn the_oldest_prompt_awaiting_its_first_token_is_timed_from_its_dispatch() {
+        let mut pool = empty_pool();
+        let t0 = Instant::now();
+        pool.set_endpoints(specs(&["a:1"]));
+        scrape_all(&mut pool, t0);
+        let ms = |d: u64| t0 + Duration::from_millis(d);
+        // The view a pick saw (left in the pool's scratch vector).
+        let seen = |pool: &Pool| pool.views[0].ms_since_oldest_prefill;
+        let (_, first) = pool.pick(&req(), &NoPredictions, t0);
+        assert_eq!(seen(&pool), None, "nothing in flight yet");
+        let (_, second) = pool.pick(&req(), &NoPredictions, ms(50));
+        let close = |x: Option<f64>, want: f64| x.is_some_and(|x| (x - want).abs() < 1e-6);
+        assert!(close(seen(&pool), 50.0), "{:?}", seen(&pool));
+        // Its first token: the second request is now the oldest.
+        pool.first_token(&first.unwrap());
+        pool.pick(&req(), &NoPredictions, ms(80));
+        assert!(close(seen(&pool), 30.0), "{:?}", seen(&pool));
+        // A request that ends without a first token leaves the count too.
+        let second = second.unwrap();
+        pool.finished(&second, false);
+        pool.pick(&req(), &NoPredictions, ms(100));
+        assert!(
+            close(seen(&pool), 20.0),
+            "the third, dispatched at 80 ms: {:?}",
+            seen(&pool)
+        );
     }
 
     #[test]

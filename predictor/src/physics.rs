@@ -22,6 +22,8 @@ pub struct VariantPhysics {
     pub token_budget: u32,
     /// KV-cache capacity of one replica, tokens (turns `kv_cache_percentage` into tokens).
     pub kv_capacity_tokens: u64,
+    /// Tokens per KV block: the prefix cache hits whole blocks.
+    pub block_tokens: u32,
 }
 
 /// Longest gap since the last streamed token, in estimated steps in flight, that still says
@@ -63,6 +65,7 @@ impl VariantPhysics {
             cost: StepCost::new(model, acc, tp, &Default::default()),
             token_budget: limits.max_num_batched_tokens.max(1),
             kv_capacity_tokens: kv_capacity_tokens(model, acc, tp, limits),
+            block_tokens: limits.block_size.max(1),
         }
     }
 
@@ -86,8 +89,14 @@ impl VariantPhysics {
     pub fn prior(&self, f: &Features) -> PriorLatency {
         let running = f64::from(f.num_request_running);
         let input = f64::from(f.input_token_length);
-        let own = (1.0 - f.prefix_cache_score.clamp(0.0, 1.0)) * input;
-        let cached = input - own;
+        // The cache hits whole blocks, and never the prompt's last token: vLLM computes at
+        // least that one to sample the first token. A prompt cached but for that token is
+        // prefilled in a one-token step, which runs as a decode step does (CUDA graphs).
+        let block = f64::from(self.block_tokens);
+        let hit = f.prefix_cache_score.clamp(0.0, 1.0) * input;
+        let cached =
+            ((hit / block).floor() * block).min(((input - 1.0) / block).floor().max(0.0) * block);
+        let own = input - cached;
         let ahead = f.prefill_tokens_in_flight as f64;
         let kv_tokens = f.kv_cache_percentage.clamp(0.0, 1.0) * self.kv_capacity_tokens as f64;
         let budget = f64::from(self.token_budget);
@@ -99,7 +108,7 @@ impl VariantPhysics {
                 attention_pairs: chunk * prefix + chunk * (chunk + 1.0) / 2.0 + context + decodes,
                 kv_tokens: prefix + chunk + context + decodes,
                 requests: decodes,
-                has_prefill: chunk > 0.0,
+                has_prefill: chunk > 1.0,
             };
             if chunk > 0.0 {
                 w.requests += 1.0;
@@ -315,5 +324,50 @@ mod tests {
             ..base
         });
         assert!((unknown.step_left_ms - 0.5 * unknown.step_in_flight_ms).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_cache_hits_whole_blocks_and_never_the_last_token() {
+        let p = physics("h100");
+        let cached = |input: u32| {
+            p.prior(&Features {
+                input_token_length: input,
+                prefix_cache_score: 1.0,
+                ..Default::default()
+            })
+            .ttft_ms
+        };
+        // 241 = 15 blocks of 16 + 1: only the last token is computed, a one-token step that
+        // runs as a decode step. At 250 the last, partial block is computed: ten tokens, a
+        // prefill step with its fixed cost.
+        let one_token = cached(241);
+        let partial_block = cached(250);
+        let decode_step = p.cost.step_time(&StepWork {
+            tokens: 1.0,
+            attention_pairs: 241.0,
+            kv_tokens: 241.0,
+            requests: 1.0,
+            has_prefill: false,
+        });
+        assert!(
+            (one_token - decode_step * 1e3).abs() < 0.5,
+            "{one_token} vs {decode_step}"
+        );
+        assert!(
+            partial_block > one_token + 1.0,
+            "{partial_block} vs {one_token}"
+        );
+        // A prefix score short of a block boundary counts only the whole blocks.
+        let most = p.prior(&Features {
+            input_token_length: 1000,
+            prefix_cache_score: 0.5,
+            ..Default::default()
+        });
+        let whole = p.prior(&Features {
+            input_token_length: 1000,
+            prefix_cache_score: 496.0 / 1000.0,
+            ..Default::default()
+        });
+        assert!((most.ttft_ms - whole.ttft_ms).abs() < 1e-9);
     }
 }

@@ -57,6 +57,7 @@ pub fn physics_predictors(variants: &[Variant]) -> Vec<Option<Arc<Predictor>>> {
                 cost: v.engine.cost,
                 token_budget: v.engine.limits.max_num_batched_tokens.max(1),
                 kv_capacity_tokens: v.engine.kv_capacity_tokens,
+                block_tokens: v.engine.limits.block_size.max(1),
             };
             Some(Arc::new(Predictor::new(PredictorConfig {
                 physics: Some(physics),

@@ -409,7 +409,7 @@ impl Sim<'_> {
                     && entry_roles.contains(&self.variants[r.variant].role)
             })
             .map(|(i, r)| {
-                let prefill = r.engine.prefill_in_flight();
+                let prefill = r.engine.prefill_in_flight(now);
                 ReplicaView {
                     replica: i,
                     variant: r.variant,

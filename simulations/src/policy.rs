@@ -18,8 +18,8 @@ pub struct ReplicaView {
     /// KV-cache usage, 0..1.
     pub kv_usage: f64,
     /// Prompt tokens of the requests there that have not produced their first token, less what
-    /// is computed of them (what a gateway counts as prefill in flight, without its guess of
-    /// the cache hits).
+    /// is computed of them (what a gateway counts as prefill in flight). A waiting prompt
+    /// counts its cached prefix too: the engine finds the hits when it admits it.
     pub prefill_tokens_in_flight: u64,
     /// Seconds since the oldest of those requests arrived, None when there are none.
     pub since_oldest_prefill_s: Option<f64>,

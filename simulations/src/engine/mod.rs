@@ -6,8 +6,9 @@
 //! # Time
 //! The engine is driven by its owner: [`Engine::kick`] starts work when idle, [`Engine::advance`]
 //! completes the step (or run) in flight at the time [`Engine::next_event`] reported and
-//! schedules the next. In *event-jumping* mode a step whose batch is all decodes, admits nothing
-//! and preempts nothing is extended into a *run* of identical-shape decode steps that lasts until
+//! schedules the next. In *event-jumping* mode a step in which every running request computes one
+//! token (decodes, or prompts with one token left to compute, admitted into it or not) and that
+//! preempts nothing is extended into a *run* of identical-shape decode steps that lasts until
 //! the first request finishes or the KV cache would need a block it does not have; its time is
 //! summed in closed form (`StepCost::decode_run_time`). Block allocation inside a run is deferred
 //! to when the run is applied, which cannot change any outcome because nothing else allocates on
@@ -270,16 +271,29 @@ impl Engine {
         used as f64 / total as f64
     }
 
-    /// The prompts a gateway counts in flight here: those of requests (waiting or running) that
-    /// have not produced their first token, with the tokens of theirs not yet computed (a chunk
-    /// in flight still counts) and when the oldest of them arrived. A request preempted after
-    /// its first token is not counted: a gateway has seen its first token.
-    pub fn prefill_in_flight(&self) -> PrefillInFlight {
+    /// The prompts a gateway counts in flight here at `now`: those of requests (waiting or
+    /// running) that have not produced their first token, with the tokens of theirs not yet
+    /// computed (a chunk in flight still counts; a waiting prompt counts its cached prefix too,
+    /// which the engine finds only when it admits it) and when the oldest of them arrived. A
+    /// request preempted after its first token is not counted: a gateway has seen its first
+    /// token. A decode run in flight gives every running request a token at each step's end, so
+    /// once its first step has ended by `now`, none of them is in flight any more (as a
+    /// step-by-step engine would show).
+    pub fn prefill_in_flight(&self, now: f64) -> PrefillInFlight {
+        let run_answered = match &self.in_flight {
+            Some(InFlight::DecodeRun {
+                start,
+                steps,
+                context_sum,
+            }) => self.completed_run_steps(*start, *steps, *context_sum, now) > 0,
+            _ => false,
+        };
+        let running: &[usize] = if run_answered { &[] } else { &self.running };
         let mut out = PrefillInFlight::default();
         for s in self
             .waiting
             .iter()
-            .chain(self.running.iter())
+            .chain(running.iter())
             .filter_map(|&i| self.seqs[i].as_ref())
             .filter(|s| s.first_token_s.is_none())
         {

@@ -250,27 +250,58 @@ fn prompts_count_in_flight_until_their_first_token() {
     let mut p = params(StepMode::StepByStep, None);
     p.limits.max_num_batched_tokens = 512;
     let mut e = Engine::new(p);
-    assert_eq!(e.prefill_in_flight(), PrefillInFlight::default());
+    assert_eq!(e.prefill_in_flight(0.0), PrefillInFlight::default());
     e.enqueue(0.0, req(1, 2000, 3, &[]));
     e.enqueue(0.5, req(2, 100, 3, &[]));
     // Both waiting: every prompt token, timed from the older arrival.
-    let both = e.prefill_in_flight();
+    let both = e.prefill_in_flight(0.0);
     assert_eq!(both.tokens, 2100);
     assert_eq!(both.oldest_arrival_s, Some(0.0));
     // Request 1 is scheduled: its chunk in flight still counts until the step ends, and it
     // stays in flight (running, not waiting) until its prompt is done.
     let first_step_end = e.kick(0.5).unwrap();
     assert_eq!(e.num_waiting(), 1);
-    assert_eq!(e.prefill_in_flight(), both);
+    assert_eq!(e.prefill_in_flight(0.5), both);
     e.advance(first_step_end);
-    let after_one_chunk = e.prefill_in_flight();
+    let after_one_chunk = e.prefill_in_flight(first_step_end);
     assert_eq!(after_one_chunk.tokens, 2100 - 512);
     assert_eq!(after_one_chunk.oldest_arrival_s, Some(0.0));
     // Once both have their first token, nothing is in flight, though they still decode.
-    while e.prefill_in_flight().tokens > 0 {
-        let now = e.next_event().unwrap();
+    let mut now = first_step_end;
+    while e.prefill_in_flight(now).tokens > 0 {
+        now = e.next_event().unwrap();
         e.advance(now);
     }
-    assert_eq!(e.prefill_in_flight(), PrefillInFlight::default());
+    assert_eq!(e.prefill_in_flight(now), PrefillInFlight::default());
     assert!(e.num_running() > 0, "still decoding");
+}
+
+#[test]
+fn a_prompt_answered_inside_a_decode_run_leaves_the_in_flight_count_at_the_first_step() {
+    // A one-token prompt is computed in a one-token step, which event jumping folds into a
+    // decode run: its first token comes at the run's first step, as in step-by-step mode.
+    for mode in [StepMode::EventJumping, StepMode::StepByStep] {
+        let mut e = Engine::new(params(mode, None));
+        e.enqueue(0.0, req(1, 1, 50, &[]));
+        e.kick(0.0);
+        let in_flight = e.prefill_in_flight(0.0);
+        assert_eq!(in_flight.tokens, 1, "{mode:?}");
+        assert_eq!(in_flight.oldest_arrival_s, Some(0.0), "{mode:?}");
+        // Well after the first step (about 7 ms on H100), before the request finishes.
+        let later = 0.1;
+        if mode == StepMode::StepByStep {
+            let mut now = 0.0;
+            while let Some(t) = e.next_event().filter(|&t| t <= later) {
+                now = t;
+                e.advance(now);
+            }
+            assert!(now > 0.0);
+        }
+        assert!(e.last_token_at(later).is_some(), "{mode:?}");
+        assert_eq!(
+            e.prefill_in_flight(later),
+            PrefillInFlight::default(),
+            "{mode:?}"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Data flow: the cluster calls [`SimRouter::pick`] with its ready replicas
 //! ([`goodput_sim::policy::ReplicaView`]); they become [`EndpointView`]s (exact running/waiting
-//! counts, KV usage and queued prompt tokens, as a scrape at that instant would show), the
+//! counts and KV usage, as a scrape at that instant would show, and the prompts awaiting their
+//! first token with the oldest one's age, as a gateway counts them), the
 //! trace's block ids become a prefix-hash chain, the picker decides, and the chosen replica's
 //! blocks are recorded in the prefix index. Every dispatch is logged with its features, so
 //! that [`training_samples`] can pair them with the run's measured latencies: the simulator's

@@ -13,7 +13,7 @@
 //! [`Pool::finished`]. Tickets and scrape results carry the slot's generation, so they never
 //! touch a later occupant of the same slot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -129,10 +129,10 @@ struct Entry {
     failures: u32,
     in_flight: u32,
     prefill_tokens_in_flight: u64,
-    /// Dispatch instants (nanoseconds after the pool's epoch) of the requests here that have
-    /// not produced a first token, with how many were dispatched at each: the oldest says how
-    /// long the prefill of the prompts in flight can have been running.
-    awaiting_first_token: BTreeMap<u64, u32>,
+    /// The requests whose prompt is prefilled here and that have not produced a first token, by
+    /// dispatch instant (nanoseconds after the pool's epoch) and ticket number: the oldest says
+    /// how long the prefill of the prompts in flight can have been running.
+    awaiting_first_token: BTreeSet<(u64, u64)>,
     /// Requests routed here since it joined.
     dispatched: u64,
     /// When a response from here last streamed a token, written by the response streams
@@ -152,7 +152,7 @@ impl Entry {
             failures: 0,
             in_flight: 0,
             prefill_tokens_in_flight: 0,
-            awaiting_first_token: BTreeMap::new(),
+            awaiting_first_token: BTreeSet::new(),
             dispatched: 0,
             last_token: Arc::new(AtomicU64::new(0)),
         }
@@ -166,9 +166,15 @@ pub struct Ticket {
     /// The generation of the slot's endpoint at dispatch.
     pub generation: u64,
     pub prefill_slot: Option<usize>,
+    /// The generation of the prefill slot's endpoint at dispatch (0 without one).
+    pub prefill_generation: u64,
+    /// Prompt tokens the prefill computes, counted in flight on the endpoint that prefills
+    /// (the prefill slot in P/D, else `slot`) until the first token.
     pub uncached_tokens: u64,
     /// When it was dispatched, nanoseconds after the pool's epoch.
     pub dispatched_ns: u64,
+    /// Its number among the pool's tickets.
+    pub seq: u64,
 }
 
 /// One endpoint to scrape: its slot, the generation of its occupant, and its address.
@@ -258,6 +264,8 @@ pub struct Pool {
     staleness: Staleness,
     /// The origin of the token clocks' instants.
     epoch: Instant,
+    /// Tickets issued.
+    tickets: u64,
 }
 
 impl Pool {
@@ -274,6 +282,7 @@ impl Pool {
             views: Vec::new(),
             staleness,
             epoch: Instant::now(),
+            tickets: 0,
         }
     }
 
@@ -618,10 +627,9 @@ impl Pool {
                 prefill_tokens_in_flight: e.prefill_tokens_in_flight,
                 decode_tokens_in_flight: 0,
                 ms_since_last_token: ms_since(self.epoch, &e.last_token, now),
-                ms_since_oldest_prefill: e.awaiting_first_token.keys().next().map(|&ns| {
-                    now.saturating_duration_since(self.epoch + Duration::from_nanos(ns))
-                        .as_secs_f64()
-                        * 1e3
+                ms_since_oldest_prefill: e.awaiting_first_token.first().and_then(|&(ns, _)| {
+                    let at = self.epoch.checked_add(Duration::from_nanos(ns))?;
+                    Some(now.saturating_duration_since(at).as_secs_f64() * 1e3)
                 }),
             });
         }
@@ -635,28 +643,44 @@ impl Pool {
                 let slot = views[r.endpoint].slot;
                 let prefill_slot = r.prefill.map(|p| views[p].slot);
                 let cached = u64::from(r.matched_blocks) * u64::from(request.block_tokens);
-                let uncached = u64::from(request.prompt_tokens).saturating_sub(cached);
+                // vLLM computes at least a prompt's last token, however much of it is cached.
+                let uncached = u64::from(request.prompt_tokens)
+                    .saturating_sub(cached)
+                    .max(u64::from(request.prompt_tokens > 0));
                 self.prefix.record(slot, request.hashes);
                 if let Some(p) = prefill_slot {
                     self.prefix.record(p, request.hashes);
                 }
-                let mut generation = 0;
                 let dispatched_ns =
                     u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
                         .unwrap_or(u64::MAX);
+                let seq = self.tickets;
+                self.tickets = self.tickets.wrapping_add(1);
+                let mut generation = 0;
                 if let Some(e) = self.entries.get_mut(slot).and_then(Option::as_mut) {
                     e.in_flight += 1;
                     e.dispatched += 1;
-                    e.prefill_tokens_in_flight += uncached;
-                    *e.awaiting_first_token.entry(dispatched_ns).or_insert(0) += 1;
                     generation = e.generation;
+                }
+                // The prompt's prefill runs on the prefill endpoint when there is one.
+                let mut prefill_generation = 0;
+                if let Some(e) = self
+                    .entries
+                    .get_mut(prefill_slot.unwrap_or(slot))
+                    .and_then(Option::as_mut)
+                {
+                    e.prefill_tokens_in_flight += uncached;
+                    e.awaiting_first_token.insert((dispatched_ns, seq));
+                    prefill_generation = e.generation;
                 }
                 Some(Ticket {
                     slot,
                     generation,
                     prefill_slot,
+                    prefill_generation,
                     uncached_tokens: uncached,
                     dispatched_ns,
+                    seq,
                 })
             }
             _ => None,
@@ -683,17 +707,22 @@ impl Pool {
         })
     }
 
-    /// The request's first token arrived: its prompt is no longer queued for prefill.
+    /// The request's first token arrived: its prompt is no longer queued for prefill. A second
+    /// report for the same ticket changes nothing.
     pub fn first_token(&mut self, t: &Ticket) {
-        if let Some(e) = self.ticket_entry(t) {
+        let (slot, generation) = match t.prefill_slot {
+            Some(p) => (p, t.prefill_generation),
+            None => (t.slot, t.generation),
+        };
+        if let Some(e) = self
+            .entries
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|e| e.generation == generation)
+            && e.awaiting_first_token.remove(&(t.dispatched_ns, t.seq))
+        {
             e.prefill_tokens_in_flight =
                 e.prefill_tokens_in_flight.saturating_sub(t.uncached_tokens);
-            if let Some(n) = e.awaiting_first_token.get_mut(&t.dispatched_ns) {
-                *n -= 1;
-                if *n == 0 {
-                    e.awaiting_first_token.remove(&t.dispatched_ns);
-                }
-            }
         }
     }
 
@@ -1032,6 +1061,7 @@ mod tests {
     enum Op {
         Set(Vec<bool>),
         Pick,
+        FirstToken(usize),
         Finish(usize),
     }
 
@@ -1039,20 +1069,23 @@ mod tests {
         prop_oneof![
             prop::collection::vec(any::<bool>(), 6).prop_map(Op::Set),
             Just(Op::Pick),
+            (0usize..64).prop_map(Op::FirstToken),
             (0usize..64).prop_map(Op::Finish),
         ]
     }
 
     proptest! {
-        /// Whatever the order of set changes, picks and finishes: every pick goes to an
-        /// endpoint in the set, each endpoint's in-flight count equals its open tickets, and
-        /// once every ticket is finished only the set's endpoints hold slots.
+        /// Whatever the order of set changes, picks, first tokens (reported more than once too)
+        /// and finishes: every pick goes to an endpoint in the set, each endpoint's in-flight
+        /// count equals its open tickets, its prompts awaiting a first token (count and tokens)
+        /// those of its open tickets without one, though every pick happens at the same
+        /// instant, and once every ticket is finished only the set's endpoints hold slots.
         #[test]
         fn in_flight_counts_follow_tickets_across_set_changes(ops in prop::collection::vec(op(), 1..80)) {
             let names = ["a:1", "b:1", "c:1", "d:1", "e:1", "f:1"];
             let mut pool = empty_pool();
             let t0 = Instant::now();
-            let mut open: Vec<(Ticket, String)> = Vec::new();
+            let mut open: Vec<(Ticket, String, bool)> = Vec::new();
             let mut set: Vec<&str> = Vec::new();
             for op in ops {
                 match op {
@@ -1065,13 +1098,21 @@ mod tests {
                         if let (_, Some(t)) = pool.pick(&req(), &NoPredictions, t0) {
                             let addr = pool.addr(t.slot).to_string();
                             prop_assert!(set.contains(&addr.as_str()), "{addr} not in {set:?}");
-                            open.push((t, addr));
+                            open.push((t, addr, false));
+                        }
+                    }
+                    Op::FirstToken(i) => {
+                        if !open.is_empty() {
+                            let n = open.len();
+                            let (t, _, seen) = &mut open[i % n];
+                            pool.first_token(t);
+                            *seen = true;
                         }
                     }
                     Op::Finish(i) => {
                         if !open.is_empty() {
-                            let (t, addr) = open.remove(i % open.len());
-                            match pool.finished(&t, false) {
+                            let (t, addr, seen) = open.remove(i % open.len());
+                            match pool.finished(&t, seen) {
                                 Finished::InFlight { addr: a, .. } | Finished::Released { addr: a } => {
                                     prop_assert_eq!(a, addr);
                                 }
@@ -1085,12 +1126,25 @@ mod tests {
                     if addr.is_empty() {
                         continue;
                     }
-                    let n = open.iter().filter(|(_, a)| a == addr).count();
+                    let n = open.iter().filter(|(_, a, _)| a == addr).count();
                     prop_assert_eq!(pool.in_flight(slot) as usize, n, "{}", addr);
+                    let awaiting: Vec<&Ticket> = open
+                        .iter()
+                        .filter(|(_, a, seen)| a == addr && !seen)
+                        .map(|(t, _, _)| t)
+                        .collect();
+                    let e = pool.entries[slot].as_ref().unwrap();
+                    prop_assert_eq!(e.awaiting_first_token.len(), awaiting.len(), "{}", addr);
+                    prop_assert_eq!(
+                        e.prefill_tokens_in_flight,
+                        awaiting.iter().map(|t| t.uncached_tokens).sum::<u64>(),
+                        "{}",
+                        addr
+                    );
                 }
             }
-            for (t, _) in open.drain(..) {
-                pool.finished(&t, true);
+            for (t, _, seen) in open.drain(..) {
+                pool.finished(&t, seen);
             }
             let mut held: Vec<String> = pool.endpoints().into_iter().map(|(_, a)| a).collect();
             held.sort();

@@ -77,9 +77,9 @@ pub struct Features {
     #[serde(default)]
     pub ms_since_last_token: Option<f64>,
     /// Milliseconds since the oldest request dispatched to the endpoint and still waiting for
-    /// its first token was dispatched; None when unknown or when there is none. After an idle spell the
-    /// engine starts prefilling a prompt when it arrives, not when it last streamed a token:
-    /// this says how far that prefill is.
+    /// its first token was dispatched; None when unknown or when there is none. After an idle
+    /// spell the engine starts prefilling a prompt when it arrives, not when it last streamed a
+    /// token: this says how far that prefill is.
     #[serde(default)]
     pub ms_since_oldest_prefill: Option<f64>,
 }

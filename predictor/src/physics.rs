@@ -26,8 +26,11 @@ pub struct VariantPhysics {
     pub block_tokens: u32,
 }
 
-/// Longest gap since the last streamed token, in estimated steps in flight, that still says
-/// where that step is. Steps that stream nothing (prefills alone, as on code traffic whose
+/// Longest gap since the step in flight began (the last streamed token, or a prefill's oldest
+/// prompt's dispatch), in estimated steps in flight, that still says where that step is. The
+/// same count of decode steps of the running batch is the longest silence that is not a
+/// prefill of the prompts in flight (with nothing running, any silence with prompts in flight
+/// is their prefill). Steps that stream nothing (prefills alone, as on code traffic whose
 /// answers are a few tokens) or an idle spell leave gaps of many steps. On the accuracy test's
 /// five unseen workloads a bound of 3 lowered TTFT MAPE on four and left the fifth (sharegpt at
 /// 36 req/s, where loaded steps outrun the estimate) unchanged; no bound was 0.1-1.4 points
@@ -93,7 +96,15 @@ impl VariantPhysics {
         // least that one to sample the first token. A prompt cached but for that token is
         // prefilled in a one-token step, which runs as a decode step does (CUDA graphs).
         let block = f64::from(self.block_tokens);
-        let hit = f.prefix_cache_score.clamp(0.0, 1.0) * input;
+        // Rounded to whole tokens first: a score of k blocks over the prompt times the prompt
+        // is k blocks only up to a rounding error, which the floor below would turn into a
+        // block less. A score that is not a number counts as no hit.
+        let score = if f.prefix_cache_score.is_finite() {
+            f.prefix_cache_score.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let hit = (score * input).round();
         let cached =
             ((hit / block).floor() * block).min(((input - 1.0) / block).floor().max(0.0) * block);
         let own = input - cached;
@@ -369,5 +380,20 @@ mod tests {
             ..Default::default()
         });
         assert!((most.ttft_ms - whole.ttft_ms).abs() < 1e-9);
+        // A score of whole blocks, as a prefix index computes it, is those blocks although
+        // 2048 / 3007 × 3007 is a hair under 2048 in floating point (a prompt long enough for
+        // its prefill to be compute-bound, so that a block more or less shows).
+        let blocks = |cached: f64| {
+            p.prior(&Features {
+                input_token_length: 3007,
+                prefix_cache_score: cached / 3007.0,
+                ..Default::default()
+            })
+            .ttft_ms
+        };
+        assert!(blocks(2048.0) < blocks(2047.0) - 1e-6);
+        assert!((blocks(2048.0) - blocks(2050.0)).abs() < 1e-9);
+        // Not a number: no hit.
+        assert_eq!(blocks(f64::NAN * 3007.0), blocks(0.0));
     }
 }

@@ -142,7 +142,7 @@ fn held_out_workloads_meet_the_coverage_target_and_mape_bounds() {
         for t in Target::ALL {
             let bound = match (code, t) {
                 (false, Target::Ttft) => 5.0,
-                (true, Target::Ttft) => 7.5,
+                (true, Target::Ttft) => 6.5,
                 (false, Target::Tpot) => 12.5,
                 (true, Target::Tpot) => 14.5,
             };

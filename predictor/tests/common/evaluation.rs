@@ -157,9 +157,10 @@ pub fn more_held_out_workloads(knowledge: Knowledge) -> Vec<(&'static str, Vec<T
     ]
 }
 
-/// Per request of `at_dispatch`, whether uncached prompt tokens reached its replica after its
-/// dispatch and before its first token (prompts that may share its prefill step), which no
-/// dispatch-time predictor can know. `joined` is the same run collected with
+/// Per request of `at_dispatch`, whether prompts reached its replica after its dispatch and
+/// before its first token (prompts that may share its prefill step; each counts at least the
+/// one token vLLM computes however much of it is cached), which no dispatch-time predictor can
+/// know. `joined` is the same run collected with
 /// [`Knowledge::FutureWait`].
 pub fn joined_after_dispatch(at_dispatch: &[Timed], joined: &[Timed]) -> Vec<bool> {
     assert_eq!(at_dispatch.len(), joined.len(), "the same run");

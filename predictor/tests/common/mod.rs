@@ -155,7 +155,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Ve
         list.retain(|&(_, ft, _)| ft > t);
         let in_flight: u64 = list.iter().map(|x| x.2).sum();
         let oldest = list.iter().map(|x| x.0).min_by(f64::total_cmp);
-        let uncached = ((1.0 - d.prefix_score) * d.input as f64) as u64;
+        let uncached = uncached_tokens(d);
         if let Some(ft) = o.first_token_s {
             list.push((t, ft, uncached));
         }
@@ -200,6 +200,12 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Ve
     out
 }
 
+/// The prompt tokens a dispatch leaves to compute, as the router estimates them: at least the
+/// last one, which vLLM computes however much of the prompt is cached.
+fn uncached_tokens(d: &Dispatch) -> u64 {
+    (((1.0 - d.prefix_score) * f64::from(d.input)).round() as u64).max(u64::from(d.input > 0))
+}
+
 /// Per replica, when each request decoded and when its prompt arrived (for [`Knowledge::Future`]).
 struct FutureOfReplicas {
     /// (first token, finish) of each request, per replica.
@@ -225,8 +231,7 @@ impl FutureOfReplicas {
             if let (Some(a), Some(b)) = (o.first_token_s, o.finish_s) {
                 this.decodes[d.replica].push((a, b));
             }
-            let uncached = (1.0 - d.prefix_score) * d.input as f64;
-            this.prompts[d.replica].push((o.arrival_s, uncached));
+            this.prompts[d.replica].push((o.arrival_s, uncached_tokens(d) as f64));
         }
         this
     }

@@ -23,8 +23,9 @@ mod common;
 
 use common::Knowledge;
 use common::evaluation::{
-    held_out_workloads, joined_after_dispatch, line, more_held_out_workloads, score_frozen,
-    score_predictions, score_prequential, score_served, serve_prequential, trained, training_data,
+    held_out_workloads, line, more_held_out_workloads, score_frozen, score_predictions,
+    score_prequential, score_served, serve_prequential, trained, training_data,
+    ttft_by_later_prompts,
 };
 use goodput_predictor::Target;
 
@@ -95,7 +96,6 @@ fn ttft_split_by_later_prompts() {
     for ((name, samples), (_, later)) in at.zip(joined) {
         let p = trained(&train);
         let served = serve_prequential(&p, &samples, true, None);
-        let joined = joined_after_dispatch(&samples, &later);
         let t = Target::Ttft;
         line(
             name,
@@ -103,17 +103,6 @@ fn ttft_split_by_later_prompts() {
             t,
             &score_predictions(&samples, &served, t, |_| true),
         );
-        line(
-            name,
-            "served, no later prompt before its first token",
-            t,
-            &score_predictions(&samples, &served, t, |i| !joined[i]),
-        );
-        line(
-            name,
-            "served, later prompts before its first token",
-            t,
-            &score_predictions(&samples, &served, t, |i| joined[i]),
-        );
+        ttft_by_later_prompts(name, &samples, &later, &served);
     }
 }

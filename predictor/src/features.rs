@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::physics::VariantPhysics;
+use crate::physics::{VariantPhysics, known_ms};
 
 /// The role label of an endpoint (`pod_type` in llm-d).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -162,10 +162,7 @@ impl Features {
         let effective = (1.0 - prefix) * input;
         let in_flight = self.prefill_tokens_in_flight as f64;
         // Unknown is -1 (the trees split it off; never a real elapsed time).
-        let since = self
-            .ms_since_last_token
-            .filter(|x| x.is_finite() && *x >= 0.0)
-            .unwrap_or(-1.0);
+        let since = known_ms(self.ms_since_last_token).unwrap_or(-1.0);
         // What is left of the step in progress, as the TTFT prior takes it.
         let remaining = prior.step_left_ms;
         [

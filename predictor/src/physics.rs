@@ -64,10 +64,19 @@ impl VariantPhysics {
 
     /// The same with explicit engine limits.
     pub fn with_limits(model: &Model, acc: &Accelerator, tp: u32, limits: &EngineLimits) -> Self {
+        Self::from_engine(
+            StepCost::new(model, acc, tp, &Default::default()),
+            limits,
+            kv_capacity_tokens(model, acc, tp, limits),
+        )
+    }
+
+    /// The physics of an engine already costed (the simulator's engine parameters).
+    pub fn from_engine(cost: StepCost, limits: &EngineLimits, kv_capacity_tokens: u64) -> Self {
         Self {
-            cost: StepCost::new(model, acc, tp, &Default::default()),
+            cost,
             token_budget: limits.max_num_batched_tokens.max(1),
-            kv_capacity_tokens: kv_capacity_tokens(model, acc, tp, limits),
+            kv_capacity_tokens,
             block_tokens: limits.block_size.max(1),
         }
     }
@@ -126,10 +135,7 @@ impl VariantPhysics {
             }
             self.cost.step_time(&w)
         };
-        let since_s = f
-            .ms_since_last_token
-            .filter(|x| x.is_finite() && *x >= 0.0)
-            .map(|ms| ms / 1e3);
+        let since_s = known_ms(f.ms_since_last_token).map(|ms| ms / 1e3);
         let decode_step = if running > 0.0 {
             step(0.0, 0.0, running, kv_tokens)
         } else {
@@ -170,10 +176,7 @@ impl VariantPhysics {
         // arrived, at that prompt's dispatch: whichever is later. More than `PHASE_GAP` steps
         // since then says the engine did something else meanwhile (prefills of prompts this
         // caller did not send, or an idle spell), not where the step is.
-        let oldest_s = f
-            .ms_since_oldest_prefill
-            .filter(|x| x.is_finite() && *x >= 0.0)
-            .map(|ms| ms / 1e3);
+        let oldest_s = known_ms(f.ms_since_oldest_prefill).map(|ms| ms / 1e3);
         let elapsed = match (since_s, oldest_s) {
             (Some(since), Some(oldest)) if in_step > 0.0 => Some(since.min(oldest)),
             (None, Some(oldest)) if in_step > 0.0 => Some(oldest),
@@ -194,6 +197,11 @@ impl VariantPhysics {
             step_left_ms: left * 1e3,
         }
     }
+}
+
+/// An elapsed time that means something: finite and not negative.
+pub(crate) fn known_ms(ms: Option<f64>) -> Option<f64> {
+    ms.filter(|x| x.is_finite() && *x >= 0.0)
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@ mod common;
 
 use common::Knowledge;
 use common::evaluation::{
-    held_out_workloads, joined_after_dispatch, line, more_held_out_workloads, score_frozen,
-    score_predictions, score_prequential, score_served, serve_prequential, trained, training_data,
+    held_out_workloads, line, more_held_out_workloads, score_frozen, score_predictions,
+    score_prequential, score_served, serve_prequential, trained, training_data,
+    ttft_by_later_prompts,
 };
 use goodput_predictor::model::QUANTILES;
 use goodput_predictor::{Accuracy, Target};
@@ -150,21 +151,7 @@ fn held_out_workloads_meet_the_coverage_target_and_mape_bounds() {
             check_served(&mut failures, name, t, &all, bound);
         }
         if code {
-            let joined = joined_after_dispatch(&samples, later);
-            let alone = score_predictions(&samples, &served, Target::Ttft, |i| !joined[i]);
-            let shared = score_predictions(&samples, &served, Target::Ttft, |i| joined[i]);
-            line(
-                name,
-                "served, no later prompt before its first token",
-                Target::Ttft,
-                &alone,
-            );
-            line(
-                name,
-                "served, later prompts before its first token",
-                Target::Ttft,
-                &shared,
-            );
+            let (alone, _) = ttft_by_later_prompts(name, &samples, later, &served);
             if alone.mape_percent > 5.0 || alone.rows < samples.len() / 2 {
                 failures.push(format!(
                     "{name} ttft, no later prompt before the first token: MAPE {:.2}% over {} rows",

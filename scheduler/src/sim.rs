@@ -54,12 +54,11 @@ pub fn physics_predictors(variants: &[Variant]) -> Vec<Option<Arc<Predictor>>> {
     variants
         .iter()
         .map(|v| {
-            let physics = VariantPhysics {
-                cost: v.engine.cost,
-                token_budget: v.engine.limits.max_num_batched_tokens.max(1),
-                kv_capacity_tokens: v.engine.kv_capacity_tokens,
-                block_tokens: v.engine.limits.block_size.max(1),
-            };
+            let physics = VariantPhysics::from_engine(
+                v.engine.cost,
+                &v.engine.limits,
+                v.engine.kv_capacity_tokens,
+            );
             Some(Arc::new(Predictor::new(PredictorConfig {
                 physics: Some(physics),
                 ..Default::default()

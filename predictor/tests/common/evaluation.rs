@@ -173,6 +173,33 @@ pub fn joined_after_dispatch(at_dispatch: &[Timed], joined: &[Timed]) -> Vec<boo
         .collect()
 }
 
+/// Served TTFT on the requests no later prompt reached before their first token, and on the
+/// others (`later` is the same run collected with [`Knowledge::FutureWait`]), each printed.
+pub fn ttft_by_later_prompts(
+    name: &str,
+    samples: &[Timed],
+    later: &[Timed],
+    served: &[Option<Prediction>],
+) -> (Accuracy, Accuracy) {
+    let joined = joined_after_dispatch(samples, later);
+    let t = Target::Ttft;
+    let alone = score_predictions(samples, served, t, |i| !joined[i]);
+    let shared = score_predictions(samples, served, t, |i| joined[i]);
+    line(
+        name,
+        "served, no later prompt before its first token",
+        t,
+        &alone,
+    );
+    line(
+        name,
+        "served, later prompts before its first token",
+        t,
+        &shared,
+    );
+    (alone, shared)
+}
+
 /// The model's own predictions (no online calibration) against the labels.
 pub fn score_frozen(p: &Predictor, samples: &[Timed], t: Target) -> Accuracy {
     let m = p.models();

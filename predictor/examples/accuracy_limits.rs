@@ -22,9 +22,10 @@
 mod common;
 
 use common::Knowledge;
+use common::Timed;
 use common::evaluation::{
-    held_out_workloads, line, more_held_out_workloads, score_frozen, score_predictions,
-    score_prequential, score_served, serve_prequential, trained, training_data,
+    held_out_workloads, joined_after_dispatch, line, more_held_out_workloads, score_frozen,
+    score_predictions, score_prequential, score_served, serve_prequential, trained, training_data,
     ttft_by_later_prompts,
 };
 use goodput_predictor::Target;
@@ -104,5 +105,38 @@ fn ttft_split_by_later_prompts() {
             &score_predictions(&samples, &served, t, |_| true),
         );
         ttft_by_later_prompts(name, &samples, &later, &served);
+        share_reached_by_gap(name, &samples, &joined_after_dispatch(&samples, &later));
     }
+}
+
+/// How often later prompts reach a request before its first token, by the time since the
+/// previous dispatch to its replica: were it over half anywhere, a dispatch-time feature could
+/// tell a median prediction to expect them.
+fn share_reached_by_gap(name: &str, samples: &[Timed], joined: &[bool]) {
+    const EDGES_MS: [f64; 7] = [0.1, 1.0, 10.0, 50.0, 200.0, 1000.0, f64::INFINITY];
+    let mut counts = [(0usize, 0usize); EDGES_MS.len()];
+    let mut previous: Vec<Option<f64>> = Vec::new();
+    for (s, &reached) in samples.iter().zip(joined) {
+        if previous.len() <= s.replica {
+            previous.resize(s.replica + 1, None);
+        }
+        let gap_ms = previous[s.replica].map_or(f64::INFINITY, |p| (s.dispatched_s - p) * 1e3);
+        previous[s.replica] = Some(s.dispatched_s);
+        let bucket = EDGES_MS
+            .iter()
+            .position(|&e| gap_ms < e)
+            .unwrap_or(EDGES_MS.len() - 1);
+        counts[bucket].0 += 1;
+        counts[bucket].1 += usize::from(reached);
+    }
+    let shares: Vec<String> = EDGES_MS
+        .iter()
+        .zip(counts)
+        .filter(|(_, (n, _))| *n > 0)
+        .map(|(e, (n, k))| format!("< {e} ms: {:.2} of {n}", k as f64 / n as f64))
+        .collect();
+    eprintln!(
+        "{name}: share reached by later prompts, by the gap since the previous dispatch to the replica: {}",
+        shares.join(", ")
+    );
 }

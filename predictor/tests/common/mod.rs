@@ -108,6 +108,8 @@ pub struct Timed {
     pub sample: Sample,
     pub dispatched_s: f64,
     pub finished_s: f64,
+    /// The replica it was dispatched to.
+    pub replica: usize,
 }
 
 /// Runs `scenario_yaml` with the recording router and returns one sample per finished request.
@@ -195,6 +197,7 @@ pub fn collect_timed(scenario_yaml: &str, seed: u64, knowledge: Knowledge) -> Ve
             },
             dispatched_s: t,
             finished_s,
+            replica: d.replica,
         });
     }
     out

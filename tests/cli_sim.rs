@@ -220,6 +220,39 @@ fn compare_runs_each_policy_behind_one_router() {
 }
 
 #[test]
+fn compare_repeats_the_workload_to_fill_a_longer_day() {
+    let out = temp_dir("compare-repeat");
+    let requests = |extra: &[&str]| -> (u64, String) {
+        let o = goodput()
+            .args(["sim", "compare", "--policies", "fixed", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
+        let row = &json["policies"][0];
+        (
+            row["requests"].as_u64().unwrap(),
+            row["workload"].as_str().unwrap().to_string(),
+        )
+    };
+    let (once, _) = requests(&[]);
+    let (thrice, name) = requests(&["--repeat", "3"]);
+    assert_eq!(thrice, 3 * once, "{name}");
+    assert!(name.contains("repeated x3"), "{name}");
+    let o = goodput()
+        .args(["sim", "compare", "--repeat", "0", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--repeat"), "{err}");
+}
+
+#[test]
 fn an_invalid_scenario_names_the_field() {
     let dir = temp_dir("scenario");
     let path = dir.join("s.yaml");

@@ -40,6 +40,11 @@ pub struct CompareArgs {
     /// Replay this trace instead of the scenario's workload.
     #[arg(long, env = "GOODPUT_SIM_TRACE")]
     pub trace: Option<PathBuf>,
+    /// Play the workload this many times in a row before the other transforms, each copy as
+    /// other users (fresh prefix hash ids): with `--repeat 24 --envelope-period-s 86400` a
+    /// one-hour trace fills a day under a day-long envelope.
+    #[arg(long, env = "GOODPUT_SIM_REPEAT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: Option<u32>,
     /// Lay a daily envelope over the workload with this peak-to-trough ratio (thinning).
     #[arg(long, env = "GOODPUT_SIM_ENVELOPE_PEAK_TO_TROUGH")]
     pub envelope_peak_to_trough: Option<f64>,
@@ -425,6 +430,9 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         base
     };
     let mut workload = load_workload(&scenario, &base)?;
+    if let Some(n) = args.repeat {
+        workload = transform::repeat(workload, n)?;
+    }
     if let Some(r) = args.envelope_peak_to_trough {
         let env = Envelope::Daily {
             peak_to_trough: r,

@@ -9,6 +9,9 @@
 //! * [`apply_envelope`] thins a trace so its rate follows an [`Envelope`]: this is how a flat
 //!   one-hour trace is replayed "under a daily envelope" (e.g. a 10:1 day compressed into the
 //!   hour with `period_s: 3600`).
+//! * [`repeat`] plays a workload several times in a row (each copy a new set of users: its own
+//!   hash ids), so that a one-hour trace can fill a whole day under a daily envelope with a
+//!   24-hour period instead of a day squeezed into the hour.
 //! * [`truncate`] and [`window`] cut a time range out.
 //!
 //! Every transform returns requests sorted by arrival with ids renumbered `0..n`, and is
@@ -191,6 +194,49 @@ pub fn apply_envelope(
     ))
 }
 
+/// Plays `workload` `times` times in a row: copy `c` arrives `c` spans later, where the span is
+/// the workload's duration plus its mean gap between arrivals (so the seam looks like any other
+/// gap). Copies after the first get fresh hash ids, as [`thin_or_replicate`]'s extra copies do:
+/// the same traffic pattern from other users, so repetition does not inflate prefix-cache hits.
+pub fn repeat(workload: Workload, times: u32) -> Result<Workload, TransformError> {
+    if times == 0 {
+        return Err(TransformError::InvalidFactor {
+            what: "repeat",
+            value: 0.0,
+        });
+    }
+    let expected = f64::from(times) * workload.requests.len() as f64;
+    let limit = super::generate::MAX_GENERATED_REQUESTS;
+    if expected > limit as f64 {
+        return Err(TransformError::TooManyRequests { expected, limit });
+    }
+    let n = workload.requests.len();
+    let span = if n > 0 {
+        workload.duration_s() * (1.0 + 1.0 / n as f64)
+    } else {
+        0.0
+    };
+    let mut out = Vec::with_capacity(expected as usize);
+    for c in 0..u64::from(times) {
+        let salt = mix(c.wrapping_add(0x5eed_0000_0000));
+        for r in &workload.requests {
+            let mut copy = r.clone();
+            if c > 0 {
+                copy.arrival_s += c as f64 * span;
+                for h in &mut copy.hash_ids {
+                    *h = mix(*h ^ salt);
+                }
+            }
+            out.push(copy);
+        }
+    }
+    Ok(finish(
+        out,
+        format!("{} | repeated x{times}", workload.name),
+        workload.hash_block_tokens,
+    ))
+}
+
 /// Keeps the requests arriving before `max_duration_s`.
 pub fn truncate(workload: Workload, max_duration_s: f64) -> Result<Workload, TransformError> {
     if !(max_duration_s.is_finite() && max_duration_s > 0.0) {
@@ -260,6 +306,37 @@ mod tests {
         }
         .generate()
         .unwrap()
+    }
+
+    #[test]
+    fn repeat_plays_the_trace_again_after_its_span_with_other_users() {
+        let w = tiny();
+        let span = w.duration_s() * (1.0 + 1.0 / w.requests.len() as f64);
+        let r = repeat(w.clone(), 3).unwrap();
+        check_order_and_ids(&r);
+        assert_eq!(r.requests.len(), 3 * w.requests.len());
+        for (c, chunk) in r.requests.chunks(w.requests.len()).enumerate() {
+            for (a, b) in chunk.iter().zip(&w.requests) {
+                assert!((a.arrival_s - (b.arrival_s + c as f64 * span)).abs() < 1e-9);
+                assert_eq!(
+                    (a.input_tokens, a.output_tokens),
+                    (b.input_tokens, b.output_tokens)
+                );
+                assert_eq!(a.hash_ids.len(), b.hash_ids.len());
+                if c == 0 {
+                    assert_eq!(a.hash_ids, b.hash_ids);
+                } else if !b.hash_ids.is_empty() {
+                    assert_ne!(
+                        a.hash_ids, b.hash_ids,
+                        "copy {c} shares the first copy's ids"
+                    );
+                }
+            }
+        }
+        assert!(matches!(
+            repeat(w, 0),
+            Err(TransformError::InvalidFactor { what: "repeat", .. })
+        ));
     }
 
     fn check_order_and_ids(w: &Workload) {

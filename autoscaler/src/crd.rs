@@ -266,6 +266,12 @@ pub struct PolicySpec {
     #[serde(default = "default_stabilisation")]
     #[schemars(range(max = 86400))]
     pub scale_down_stabilization_seconds: u32,
+    /// Most of a variant's replicas, in percent, that may go within one stabilisation window
+    /// (at least one replica; 100: no limit), as an HPA `Percent` scale-down policy: traffic
+    /// that pauses for a few minutes and returns does not take the fleet with it.
+    #[serde(default = "default_scale_down_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_scale_down_percent: u32,
     /// Allow zero replicas over all variants after a stabilisation window without requests.
     /// Takes effect only with `metrics.gateway` set: a fleet at zero shows no demand in the
     /// engines' metrics, so the requests goodput's scheduler holds for lack of an endpoint are
@@ -318,6 +324,9 @@ fn default_startup() -> u32 {
 fn default_stabilisation() -> u32 {
     300
 }
+fn default_scale_down_percent() -> u32 {
+    (GoodputConfig::default().max_scale_down_share * 100.0).round() as u32
+}
 fn default_mixed_speed_ratio() -> f64 {
     GoodputConfig::default().min_speed_ratio
 }
@@ -329,6 +338,7 @@ impl Default for PolicySpec {
             interval_seconds: default_interval(),
             startup_seconds: default_startup(),
             scale_down_stabilization_seconds: default_stabilisation(),
+            max_scale_down_percent: default_scale_down_percent(),
             scale_to_zero: false,
             min_mixed_speed_ratio: default_mixed_speed_ratio(),
             routing: RoutingSpec::default(),
@@ -575,6 +585,13 @@ impl EngineSetup {
         if spec.policy.interval_seconds == 0 {
             return Err(field_err("policy.intervalSeconds", "must be at least 1"));
         }
+        let percent = spec.policy.max_scale_down_percent;
+        if !(1..=100).contains(&percent) {
+            return Err(field_err(
+                "policy.maxScaleDownPercent",
+                format!("must be between 1 and 100, got {percent}"),
+            ));
+        }
         let ratio = spec.policy.min_mixed_speed_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(field_err(
@@ -691,6 +708,7 @@ impl EngineSetup {
             .map_err(|e| field_err("variants", e.to_string()))?;
         let config = GoodputConfig {
             scale_down_window_s: spec.policy.scale_down_stabilization_seconds as f64,
+            max_scale_down_share: f64::from(spec.policy.max_scale_down_percent) / 100.0,
             interval_s: spec.policy.interval_seconds as f64,
             min_total_replicas: if spec.policy.scale_to_zero { 0 } else { 1 },
             min_speed_ratio: spec.policy.min_mixed_speed_ratio,
@@ -765,6 +783,8 @@ policy: { actuation: scale, intervalSeconds: 15 }
         assert_eq!(setup.config.interval_s, 15.0);
         assert_eq!(setup.config.min_total_replicas, 1);
         assert_eq!(setup.config.min_speed_ratio, 0.1);
+        assert_eq!(spec.policy.max_scale_down_percent, 40);
+        assert_eq!(setup.config.max_scale_down_share, 0.4);
         assert_eq!(setup.config.routing, Routing::LatencyAware);
         assert_eq!(setup.config.slo.map(|s| s.itl_ms), Some(60.0));
         assert_eq!(setup.accelerators[1], ("l40s".into(), "l40s-pool".into()));
@@ -814,6 +834,14 @@ policy: { actuation: scale, intervalSeconds: 15 }
         check(
             &|s| s.policy.min_mixed_speed_ratio = f64::NAN,
             "policy.minMixedSpeedRatio",
+        );
+        check(
+            &|s| s.policy.max_scale_down_percent = 0,
+            "policy.maxScaleDownPercent",
+        );
+        check(
+            &|s| s.policy.max_scale_down_percent = 101,
+            "policy.maxScaleDownPercent",
         );
         check(
             &|s| s.variants[0].min_replicas = 9,

@@ -45,6 +45,12 @@ pub struct GoodputConfig {
     pub scale_down_window_s: f64,
     /// Scale down only when current capacity exceeds the need by more than this share.
     pub hysteresis: f64,
+    /// Largest share of a variant's replicas that may go within one scale-down window (at
+    /// least one replica; 1: no limit), as HPA's `Percent` scale-down policy with the window
+    /// as its period beside a one-pod policy. Traffic that pauses for a few minutes inside a
+    /// busy period and then returns (a lull in bursty code traffic) does not take the fleet
+    /// with it; a daily decline is far slower than this.
+    pub max_scale_down_share: f64,
     /// Data older than this (seconds) is stale: no scale-down.
     pub stale_after_s: f64,
     /// Decision interval (added to the start-up time for the forecast horizon).
@@ -118,6 +124,7 @@ impl Default for GoodputConfig {
             forecast: ForecastConfig::default(),
             scale_down_window_s: 300.0,
             hysteresis: 0.15,
+            max_scale_down_share: 0.4,
             stale_after_s: 120.0,
             interval_s: 30.0,
             min_total_replicas: 1,
@@ -153,6 +160,9 @@ pub struct GoodputPolicy<C: CapacityModel> {
     /// Per-variant multiplier on probed capacity learned from observed latency, in
     /// [min_correction, max_correction].
     correction: Vec<f64>,
+    /// Per variant: its scale-downs within the last scale-down window (time, replicas removed),
+    /// for [`GoodputConfig::max_scale_down_share`].
+    scale_downs: Vec<VecDeque<(f64, u32)>>,
     /// Per variant: how far observed headroom may raise the correction (lowered below
     /// `max_correction` when a raised rating missed the SLO).
     raise_ceiling: Vec<f64>,
@@ -192,6 +202,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             last_forecast: None,
             first_seen: None,
             correction: Vec::new(),
+            scale_downs: Vec::new(),
             raise_ceiling: Vec::new(),
             calm_since: Vec::new(),
             strikes: Vec::new(),
@@ -262,6 +273,23 @@ impl<C: CapacityModel> GoodputPolicy<C> {
     /// the first decision.
     pub fn corrections(&self) -> &[f64] {
         &self.correction
+    }
+
+    /// How many of variant `i`'s `target` replicas may go now: the share
+    /// [`GoodputConfig::max_scale_down_share`] of what it ran at the start of the window (at
+    /// least one), less what already went within it.
+    fn scale_down_allowance(&self, i: usize, target: u32) -> u32 {
+        let share = self.cfg.max_scale_down_share;
+        if share.is_nan() || share >= 1.0 {
+            return target;
+        }
+        let gone: u32 = self
+            .scale_downs
+            .get(i)
+            .map_or(0, |d| d.iter().map(|(_, n)| n).sum());
+        let at_start = target.saturating_add(gone);
+        let allowed = ((f64::from(at_start) * share.max(0.0)).floor() as u32).max(1);
+        allowed.saturating_sub(gone)
     }
 
     /// Whether variant `i` is set aside at `now`.
@@ -340,6 +368,16 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         self.strikes.resize(view.variants.len(), 0);
         self.set_aside_until.resize(view.variants.len(), None);
         self.set_aside_count.resize(view.variants.len(), 0);
+        self.scale_downs
+            .resize_with(view.variants.len(), VecDeque::new);
+        for d in &mut self.scale_downs {
+            while d
+                .front()
+                .is_some_and(|(t, _)| view.now_s - t >= self.cfg.scale_down_window_s)
+            {
+                d.pop_front();
+            }
+        }
         self.observed.resize(view.variants.len(), false);
         // A variant whose time aside is over comes back, cautiously, at the floor.
         for i in 0..view.variants.len() {
@@ -595,7 +633,15 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             let target = if planned > v.target {
                 planned
             } else if planned < v.target && shrink {
-                window_max.min(v.target)
+                let t = window_max.min(v.target);
+                if self.is_set_aside(i, now) {
+                    t
+                } else {
+                    t.max(
+                        v.target
+                            .saturating_sub(self.scale_down_allowance(i, v.target)),
+                    )
+                }
             } else {
                 v.target
             };
@@ -625,6 +671,11 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                     Some(i) => targets[i] -= 1,
                     None => break,
                 }
+            }
+        }
+        for (i, v) in view.variants.iter().enumerate() {
+            if targets[i] < v.target {
+                self.scale_downs[i].push_back((now, v.target - targets[i]));
             }
         }
         // Named in every reason, so that an operator reading the Events sees why a variant

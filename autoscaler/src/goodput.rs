@@ -62,7 +62,7 @@ pub struct GoodputConfig {
     /// Share of a replica's probed SLO capacity the plan may use (headroom for length tails).
     pub utilisation: f64,
     /// The SLO, when known: observed p95 TTFT/ITL above it derate the probed capacity (a
-    /// correction factor, as Dynamo's planner applies), well below it restore it.
+    /// correction factor, as Dynamo's planner applies), well below it under load restore it.
     pub slo: Option<goodput_core::Slo>,
     /// Lowest correction factor.
     pub min_correction: f64,
@@ -71,7 +71,8 @@ pub struct GoodputConfig {
     /// raise the probed capacity up to this multiple (1: never above the probe).
     pub max_correction: f64,
     /// Share of its rated capacity a variant's replicas must carry for low latency to count
-    /// as evidence of headroom (at light load every replica looks fast).
+    /// as evidence, both to restore a derated rating and to raise one above the probe (at
+    /// light load every replica looks fast).
     pub raise_min_utilisation: f64,
     /// Consecutive decisions a variant may miss the SLO while derated to `min_correction`
     /// before it is set aside (0: never).
@@ -443,23 +444,24 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 } else if worst > 1.0 && !starting {
                     *c = (*c * 0.9).max(self.cfg.min_correction);
                 } else if worst < 0.5 {
-                    // Well inside the SLO. Below the probe's rating that restores it; above, it is
-                    // evidence that the probe is conservative for this traffic (one replica with
-                    // CV-2 arrivals, where a fleet behind the router pools its bursts), but only
-                    // when the replicas carry a real share of their rating and have stayed that
-                    // calm for a whole stabilisation window.
+                    // Well inside the SLO, and the replicas carry a real share of their rating
+                    // (at light load every replica looks fast, and replicas that idle between
+                    // bursts would restore the rating that just missed before the next burst).
+                    // Below the probe's rating that restores it; above, it is evidence that the
+                    // probe is conservative for this traffic (one replica with CV-2 arrivals,
+                    // where a fleet behind the router pools its bursts), once that calm has
+                    // lasted a whole stabilisation window.
                     let rated = probed[i] * *c;
                     let per_replica = l.request_rate / f64::from(v.ready.max(1));
                     let calm_since = *self.calm_since[i].get_or_insert(view.now_s);
-                    let evidence = rated > 0.0
-                        && per_replica >= self.cfg.raise_min_utilisation * rated
-                        && view.now_s - calm_since >= self.cfg.scale_down_window_s;
-                    let cap = if evidence {
+                    let loaded =
+                        rated > 0.0 && per_replica >= self.cfg.raise_min_utilisation * rated;
+                    let cap = if loaded && view.now_s - calm_since >= self.cfg.scale_down_window_s {
                         self.cfg.max_correction.min(self.raise_ceiling[i]).max(1.0)
                     } else {
                         1.0
                     };
-                    if *c < cap {
+                    if loaded && *c < cap {
                         *c = (*c * 1.02).min(cap);
                     }
                 }

@@ -2,6 +2,7 @@
 //! the variant's replicas are still starting (the latency then says the fleet is short, which
 //! the plan in flight fixes); latencies under half the SLO for a whole stabilisation window,
 //! with the replicas carrying a real share of their rating, raise it up to `max_correction`;
+//! a derated rating comes back only while the replicas carry a real share of it;
 //! a raised rating that misses drops back to the probe and is not raised that far again; a
 //! variant that has not served yet inherits the derating of those that have.
 //! The fleet is held fixed here, so each decision sees exactly the load and latency given.
@@ -148,6 +149,28 @@ fn a_raised_rating_that_misses_goes_back_to_the_probe_and_stays_below_the_miss()
         top <= 0.95 * raised + 1e-9,
         "raised to {top} again, past 0.95 x the {raised} that missed"
     );
+}
+
+#[test]
+fn a_derated_rating_comes_back_only_under_load_near_it() {
+    // 4 replicas at 4.5 req/s each miss: derated below the probe.
+    let mut f = Fleet::new(4, 4);
+    let mut derated = 1.0;
+    for _ in 0..3 {
+        derated = f.step(18.0, 1.5);
+    }
+    assert!(derated < 0.8, "{derated}");
+    // Between bursts the replicas idle at 0.5 req/s each and look fast: that says nothing of
+    // what they carry, so the rating that missed stays.
+    for _ in 0..4 * window(&f.cfg) {
+        assert_eq!(f.step(2.0, 0.1), derated);
+    }
+    // Calm at 3 req/s each, most of the derated rating: it comes back towards the probe.
+    let mut c = derated;
+    for _ in 0..window(&f.cfg) {
+        c = f.step(12.0, 0.3);
+    }
+    assert!(c > derated * 1.2, "{derated} -> {c}");
 }
 
 #[test]

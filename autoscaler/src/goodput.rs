@@ -161,9 +161,9 @@ pub struct GoodputPolicy<C: CapacityModel> {
     /// Per-variant multiplier on probed capacity learned from observed latency, in
     /// [min_correction, max_correction].
     correction: Vec<f64>,
-    /// Per variant: its scale-downs within the last scale-down window (time, replicas removed),
-    /// for [`GoodputConfig::max_scale_down_share`].
-    scale_downs: Vec<VecDeque<(f64, u32)>>,
+    /// The targets of the decisions within the last scale-down window (time, replicas per
+    /// variant), for [`GoodputConfig::max_scale_down_share`].
+    recent_targets: VecDeque<(f64, Vec<u32>)>,
     /// Per variant: how far observed headroom may raise the correction (lowered below
     /// `max_correction` when a raised rating missed the SLO).
     raise_ceiling: Vec<f64>,
@@ -203,7 +203,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             last_forecast: None,
             first_seen: None,
             correction: Vec::new(),
-            scale_downs: Vec::new(),
+            recent_targets: VecDeque::new(),
             raise_ceiling: Vec::new(),
             calm_since: Vec::new(),
             strikes: Vec::new(),
@@ -276,21 +276,55 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         &self.correction
     }
 
-    /// How many of variant `i`'s `target` replicas may go now: the share
-    /// [`GoodputConfig::max_scale_down_share`] of what it ran at the start of the window (at
-    /// least one), less what already went within it.
-    fn scale_down_allowance(&self, i: usize, target: u32) -> u32 {
+    /// Holds back a scale-down that would take more than
+    /// [`GoodputConfig::max_scale_down_share`] of the fleet's capacity within one window: the
+    /// capacity of `targets` (at today's ratings) stays at or above that share below the most
+    /// any target of the window (or `current`) carried, and always may lose one replica's worth.
+    /// Capacity rather than replicas, so that a variant a new mix replaces drains as fast as
+    /// the replacement comes, while a lull cannot empty the fleet. Replicas come back to the
+    /// variants being scaled down, the cheapest capacity first; set-aside variants carry
+    /// nothing and drain freely.
+    fn limit_scale_down(
+        &self,
+        cands: &[Candidate],
+        roles: &[Role],
+        current: &[u32],
+        targets: &mut [u32],
+        now: f64,
+    ) {
         let share = self.cfg.max_scale_down_share;
         if share.is_nan() || share >= 1.0 {
-            return target;
+            return;
         }
-        let gone: u32 = self
-            .scale_downs
-            .get(i)
-            .map_or(0, |d| d.iter().map(|(_, n)| n).sum());
-        let at_start = target.saturating_add(gone);
-        let allowed = ((f64::from(at_start) * share.max(0.0)).floor() as u32).max(1);
-        allowed.saturating_sub(gone)
+        let carried = |r: &[u32]| carried_rate(cands, roles, r);
+        let reference = self
+            .recent_targets
+            .iter()
+            .map(|(_, r)| carried(r))
+            .fold(carried(current), f64::max);
+        let shrinking = |targets: &[u32]| -> Vec<usize> {
+            (0..targets.len())
+                .filter(|&i| {
+                    targets[i] < current.get(i).copied().unwrap_or(0)
+                        && !self.is_set_aside(i, now)
+                        && cands.get(i).is_some_and(|c| c.rate_per_replica > 0.0)
+                })
+                .collect()
+        };
+        let one_replica = shrinking(targets)
+            .iter()
+            .map(|&i| cands[i].rate_per_replica)
+            .fold(0.0, f64::max);
+        let floor = ((1.0 - share.max(0.0)) * reference).min(reference - one_replica);
+        while carried(targets) < floor - 1e-9 {
+            let Some(i) = shrinking(targets).into_iter().min_by(|&a, &b| {
+                let per_rate = |c: &Candidate| c.price_per_hour / c.rate_per_replica;
+                per_rate(&cands[a]).total_cmp(&per_rate(&cands[b]))
+            }) else {
+                break;
+            };
+            targets[i] += 1;
+        }
     }
 
     /// Whether variant `i` is set aside at `now`.
@@ -369,15 +403,12 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         self.strikes.resize(view.variants.len(), 0);
         self.set_aside_until.resize(view.variants.len(), None);
         self.set_aside_count.resize(view.variants.len(), 0);
-        self.scale_downs
-            .resize_with(view.variants.len(), VecDeque::new);
-        for d in &mut self.scale_downs {
-            while d
-                .front()
-                .is_some_and(|(t, _)| view.now_s - t >= self.cfg.scale_down_window_s)
-            {
-                d.pop_front();
-            }
+        while self
+            .recent_targets
+            .front()
+            .is_some_and(|(t, _)| view.now_s - t >= self.cfg.scale_down_window_s)
+        {
+            self.recent_targets.pop_front();
         }
         self.observed.resize(view.variants.len(), false);
         // A variant whose time aside is over comes back, cautiously, at the floor.
@@ -635,21 +666,16 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             let target = if planned > v.target {
                 planned
             } else if planned < v.target && shrink {
-                let t = window_max.min(v.target);
-                if self.is_set_aside(i, now) {
-                    t
-                } else {
-                    t.max(
-                        v.target
-                            .saturating_sub(self.scale_down_allowance(i, v.target)),
-                    )
-                }
+                window_max.min(v.target)
             } else {
                 v.target
             };
             // A whole idle window already passed: nothing left to stabilise.
             let target = if to_zero { 0 } else { target };
             targets.push(target.clamp(v.min_replicas, v.max_replicas.max(v.min_replicas)));
+        }
+        if !to_zero {
+            self.limit_scale_down(&cands, &roles, &current, &mut targets, now);
         }
         // Never beyond a pool: shed replicas held above the plan first, then any above min.
         for (p, pool) in view.pools.iter().enumerate() {
@@ -675,11 +701,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
                 }
             }
         }
-        for (i, v) in view.variants.iter().enumerate() {
-            if targets[i] < v.target {
-                self.scale_downs[i].push_back((now, v.target - targets[i]));
-            }
-        }
+        self.recent_targets.push_back((now, targets.clone()));
         // Named in every reason, so that an operator reading the Events sees why a variant
         // gets no replicas although it is cheaper.
         let aside: Vec<&str> = self

@@ -266,9 +266,9 @@ pub struct PolicySpec {
     #[serde(default = "default_stabilisation")]
     #[schemars(range(max = 86400))]
     pub scale_down_stabilization_seconds: u32,
-    /// Most of a variant's replicas, in percent, that may go within one stabilisation window
-    /// (at least one replica; 100: no limit), as an HPA `Percent` scale-down policy: traffic
-    /// that pauses for a few minutes and returns does not take the fleet with it.
+    /// Most of the fleet's capacity, in percent, that may go within one stabilisation window
+    /// (at least one replica's worth; 100: no limit), as an HPA `Percent` scale-down policy:
+    /// traffic that pauses for a few minutes and returns does not take the fleet with it.
     #[serde(default = "default_scale_down_percent")]
     #[schemars(range(min = 1, max = 100))]
     pub max_scale_down_percent: u32,

@@ -45,11 +45,11 @@ pub struct GoodputConfig {
     pub scale_down_window_s: f64,
     /// Scale down only when current capacity exceeds the need by more than this share.
     pub hysteresis: f64,
-    /// Largest share of a variant's replicas that may go within one scale-down window (at
-    /// least one replica; 1: no limit), as HPA's `Percent` scale-down policy with the window
-    /// as its period beside a one-pod policy. Traffic that pauses for a few minutes inside a
-    /// busy period and then returns (a lull in bursty code traffic) does not take the fleet
-    /// with it; a daily decline is far slower than this.
+    /// Largest share of the fleet's capacity (the replicas' rated requests per second) that
+    /// may go within one scale-down window (at least one replica's worth; 1: no limit), as
+    /// HPA's `Percent` scale-down policy with the window as its period beside a one-pod policy.
+    /// Traffic that pauses for a few minutes inside a busy period and then returns (a lull in
+    /// bursty code traffic) does not take the fleet with it; a daily decline is far slower.
     pub max_scale_down_share: f64,
     /// Data older than this (seconds) is stale: no scale-down.
     pub stale_after_s: f64,

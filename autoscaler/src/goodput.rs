@@ -10,7 +10,8 @@
 //! the capacity model also reports); when the SLO is known, a variant's
 //! observed p95 latencies above it derate that variant's probed capacity (down to half, and not
 //! while its replicas are still starting, when the latency only says the fleet is short),
-//! latencies well below it restore it, and latencies under half the SLO for a whole
+//! latencies well below it restore it while the replicas carry a real share of their rating
+//! (replicas idling between bursts say nothing), and latencies under half the SLO for a whole
 //! stabilisation window at a real share of the rated load raise it (up to 1.1x; a raised
 //! rating that misses drops back to the probe and is not raised that far again; a variant
 //! that has not served yet inherits the lowest derating of its role's variants that have);
@@ -21,10 +22,11 @@
 //! scale-up is immediate and jumps straight to the plan (replicas still starting are counted,
 //! since the view's target includes them, so they are not asked for twice); scale-down goes to
 //! the largest plan for the need plus the hysteresis band seen over the stabilisation window,
-//! only when the ready fleet's capacity exceeds the need by more than that band, and never on
-//! missing or stale data. Going down to a fleet that still has the band's headroom is what
-//! keeps noise from scaling it straight back up. Replicas are never below min, above max or
-//! beyond pool capacity.
+//! only when the ready fleet's capacity exceeds the need by more than that band, never on
+//! missing or stale data, and by at most a share of the fleet's capacity per window (so that
+//! a lull of a few minutes does not empty it). Going down to a fleet that still has the band's
+//! headroom is what keeps noise from scaling it straight back up. Replicas are never below
+//! min, above max or beyond pool capacity.
 
 use std::collections::VecDeque;
 
@@ -277,13 +279,16 @@ impl<C: CapacityModel> GoodputPolicy<C> {
     }
 
     /// Holds back a scale-down that would take more than
-    /// [`GoodputConfig::max_scale_down_share`] of the fleet's capacity within one window: the
+    /// [`GoodputConfig::max_scale_down_share`] of the fleet's capacity within one window: per
+    /// role (unified, prefill, decode: the stages of a disaggregated pair are limited each on
+    /// its own, since a replica of one stage adds nothing the other does not match), the rated
     /// capacity of `targets` (at today's ratings) stays at or above that share below the most
-    /// any target of the window (or `current`) carried, and always may lose one replica's worth.
-    /// Capacity rather than replicas, so that a variant a new mix replaces drains as fast as
-    /// the replacement comes, while a lull cannot empty the fleet. Replicas come back to the
-    /// variants being scaled down, the cheapest capacity first; set-aside variants carry
-    /// nothing and drain freely.
+    /// any target of the window (or `current`) carried, and may always lose one replica's
+    /// worth. Capacity rather than replicas, so that a variant a new mix replaces drains as fast
+    /// as the replacement comes, while a lull cannot empty the fleet. Replicas come back to the
+    /// variants being scaled down, the cheapest capacity first, never above a variant's
+    /// maximum; set-aside variants carry nothing and drain freely. Without a window (0 s) there
+    /// is nothing to spread a scale-down over: no limit.
     fn limit_scale_down(
         &self,
         cands: &[Candidate],
@@ -293,37 +298,52 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         now: f64,
     ) {
         let share = self.cfg.max_scale_down_share;
-        if share.is_nan() || share >= 1.0 {
+        if share.is_nan() || share >= 1.0 || self.cfg.scale_down_window_s <= 0.0 {
             return;
         }
-        let carried = |r: &[u32]| carried_rate(cands, roles, r);
-        let reference = self
-            .recent_targets
-            .iter()
-            .map(|(_, r)| carried(r))
-            .fold(carried(current), f64::max);
-        let shrinking = |targets: &[u32]| -> Vec<usize> {
-            (0..targets.len())
-                .filter(|&i| {
-                    targets[i] < current.get(i).copied().unwrap_or(0)
-                        && !self.is_set_aside(i, now)
-                        && cands.get(i).is_some_and(|c| c.rate_per_replica > 0.0)
-                })
-                .collect()
-        };
-        let one_replica = shrinking(targets)
-            .iter()
-            .map(|&i| cands[i].rate_per_replica)
-            .fold(0.0, f64::max);
-        let floor = ((1.0 - share.max(0.0)) * reference).min(reference - one_replica);
-        while carried(targets) < floor - 1e-9 {
-            let Some(i) = shrinking(targets).into_iter().min_by(|&a, &b| {
-                let per_rate = |c: &Candidate| c.price_per_hour / c.rate_per_replica;
-                per_rate(&cands[a]).total_cmp(&per_rate(&cands[b]))
-            }) else {
-                break;
+        let role_of = |i: usize| roles.get(i).copied().unwrap_or(Role::Unified);
+        for role in [Role::Unified, Role::Prefill, Role::Decode] {
+            let stage = |r: &[u32]| -> f64 {
+                cands
+                    .iter()
+                    .zip(r)
+                    .enumerate()
+                    .filter(|(i, _)| role_of(*i) == role)
+                    .map(|(_, (c, &n))| c.rate_per_replica * f64::from(n))
+                    .sum()
             };
-            targets[i] += 1;
+            let shrinking = |targets: &[u32]| -> Vec<usize> {
+                (0..targets.len())
+                    .filter(|&i| {
+                        role_of(i) == role
+                            && !self.is_set_aside(i, now)
+                            && cands.get(i).is_some_and(|c| {
+                                c.rate_per_replica > 0.0
+                                    && targets[i]
+                                        < current.get(i).copied().unwrap_or(0).min(c.max_replicas)
+                            })
+                    })
+                    .collect()
+            };
+            let reference = self
+                .recent_targets
+                .iter()
+                .map(|(_, r)| stage(r))
+                .fold(stage(current), f64::max);
+            let one_replica = shrinking(targets)
+                .iter()
+                .map(|&i| cands[i].rate_per_replica)
+                .fold(0.0, f64::max);
+            let floor = ((1.0 - share.max(0.0)) * reference).min(reference - one_replica);
+            while stage(targets) < floor - 1e-9 {
+                let Some(i) = shrinking(targets).into_iter().min_by(|&a, &b| {
+                    let per_rate = |c: &Candidate| c.price_per_hour / c.rate_per_replica;
+                    per_rate(&cands[a]).total_cmp(&per_rate(&cands[b]))
+                }) else {
+                    break;
+                };
+                targets[i] += 1;
+            }
         }
     }
 
@@ -406,7 +426,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         while self
             .recent_targets
             .front()
-            .is_some_and(|(t, _)| view.now_s - t >= self.cfg.scale_down_window_s)
+            .is_some_and(|(t, _)| view.now_s - t > self.cfg.scale_down_window_s)
         {
             self.recent_targets.pop_front();
         }

@@ -216,6 +216,12 @@ pub fn repeat(workload: Workload, times: u32) -> Result<Workload, TransformError
     } else {
         0.0
     };
+    if times > 1 && n > 0 && span <= 0.0 {
+        return Err(TransformError::InvalidTime {
+            what: "repeat",
+            reason: "every request arrives at 0 s: the copies would all arrive at once".into(),
+        });
+    }
     let mut out = Vec::with_capacity(expected as usize);
     for c in 0..u64::from(times) {
         let salt = mix(c.wrapping_add(0x5eed_0000_0000));
@@ -334,9 +340,19 @@ mod tests {
             }
         }
         assert!(matches!(
-            repeat(w, 0),
+            repeat(w.clone(), 0),
             Err(TransformError::InvalidFactor { what: "repeat", .. })
         ));
+        // A workload with no span cannot be laid end to end: refused, not stacked at 0 s.
+        let mut at_once = w;
+        for r in &mut at_once.requests {
+            r.arrival_s = 0.0;
+        }
+        assert!(matches!(
+            repeat(at_once.clone(), 2),
+            Err(TransformError::InvalidTime { what: "repeat", .. })
+        ));
+        assert_eq!(repeat(at_once, 1).unwrap().requests.len(), 10);
     }
 
     fn check_order_and_ids(w: &Workload) {

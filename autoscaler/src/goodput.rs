@@ -36,6 +36,7 @@ use crate::capacity::{CapacityModel, LoadShape};
 use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate_by_role};
 use crate::optimizer::{
     Candidate, Speeds, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
+    stage_rate,
 };
 use goodput_core::Role;
 
@@ -303,15 +304,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         }
         let role_of = |i: usize| roles.get(i).copied().unwrap_or(Role::Unified);
         for role in [Role::Unified, Role::Prefill, Role::Decode] {
-            let stage = |r: &[u32]| -> f64 {
-                cands
-                    .iter()
-                    .zip(r)
-                    .enumerate()
-                    .filter(|(i, _)| role_of(*i) == role)
-                    .map(|(_, (c, &n))| c.rate_per_replica * f64::from(n))
-                    .sum()
-            };
+            let stage = |r: &[u32]| stage_rate(cands, roles, r, role);
             let shrinking = |targets: &[u32]| -> Vec<usize> {
                 (0..targets.len())
                     .filter(|&i| {

@@ -428,18 +428,22 @@ fn with_minimums(cands: &[Candidate], mut plan: Plan) -> Plan {
     plan
 }
 
+/// Requests per second the `replicas` of the variants in `role` carry together, at their
+/// rated capacity (variants without a role are unified).
+pub fn stage_rate(cands: &[Candidate], roles: &[Role], replicas: &[u32], role: Role) -> f64 {
+    cands
+        .iter()
+        .zip(replicas)
+        .enumerate()
+        .filter(|(i, _)| roles.get(*i).copied().unwrap_or(Role::Unified) == role)
+        .map(|(_, (c, &r))| c.rate_per_replica * f64::from(r))
+        .sum()
+}
+
 /// The request rate `replicas` carry: the unified variants' capacity plus, where prefill and
 /// decode variants exist, the smaller of the two stages' capacities.
 pub fn carried_rate(cands: &[Candidate], roles: &[Role], replicas: &[u32]) -> f64 {
-    let stage = |role: Role| -> f64 {
-        cands
-            .iter()
-            .zip(replicas)
-            .enumerate()
-            .filter(|(i, _)| roles.get(*i).copied().unwrap_or(Role::Unified) == role)
-            .map(|(_, (c, &r))| c.rate_per_replica * f64::from(r))
-            .sum()
-    };
+    let stage = |role: Role| stage_rate(cands, roles, replicas, role);
     let has = |r: Role| roles.contains(&r);
     let unified: f64 = stage(Role::Unified);
     if has(Role::Prefill) && has(Role::Decode) {

@@ -9,11 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/workloads.rs"]
+mod workloads;
+
 use goodput_autoscaler::compare::capacity_for;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
 use goodput_sim::run::{Simulation, simulate};
 use goodput_sim::scenario::Scenario;
-use goodput_sim::workload::{RequestSpec, Workload};
+use goodput_sim::workload::Workload;
 
 const SCENARIO: &str = r#"
 name: lull
@@ -51,21 +54,7 @@ fn workload() -> Workload {
         };
         t += 1.0 / rate;
     }
-    Workload {
-        name: "busy, lull, busy, quiet".into(),
-        hash_block_tokens: 16,
-        requests: arrivals
-            .into_iter()
-            .enumerate()
-            .map(|(id, arrival_s)| RequestSpec {
-                id: id as u64,
-                arrival_s,
-                input_tokens: 1500,
-                output_tokens: 100,
-                hash_ids: Vec::new(),
-            })
-            .collect(),
-    }
+    workloads::at_instants("busy, lull, busy, quiet", arrivals, 1500, 100)
 }
 
 fn run(share: f64) -> Simulation {

@@ -9,12 +9,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/workloads.rs"]
+mod workloads;
+
 use goodput_autoscaler::compare::capacity_for;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
 use goodput_sim::policy::{Autoscaler, ClusterView, ScaleDecision};
 use goodput_sim::run::{Simulation, simulate};
 use goodput_sim::scenario::Scenario;
-use goodput_sim::workload::{RequestSpec, Workload};
+use goodput_sim::workload::Workload;
 
 const SCENARIO: &str = r#"
 name: scale-to-zero
@@ -41,21 +44,7 @@ fn workload() -> Workload {
         .map(|i| i as f64 * 0.5)
         .collect();
     arrivals.extend((0..300).map(|i| WAKE_AT_S + i as f64));
-    Workload {
-        name: "busy, idle, busy".into(),
-        hash_block_tokens: 16,
-        requests: arrivals
-            .into_iter()
-            .enumerate()
-            .map(|(id, arrival_s)| RequestSpec {
-                id: id as u64,
-                arrival_s,
-                input_tokens: 512,
-                output_tokens: 64,
-                hash_ids: Vec::new(),
-            })
-            .collect(),
-    }
+    workloads::at_instants("busy, idle, busy", arrivals, 512, 64)
 }
 
 fn policy(

@@ -68,10 +68,10 @@ pub const PREFILL_TTFT_SHARE: f64 = 0.8;
 pub const MAX_PROBE_REQUESTS: usize = 4000;
 
 /// Fewest requests one probe runs. At the 99 % quantile a probe of 1000 requests rests on its
-/// ten worst; one of 200 rested on two, and a single burst decided it: with mooncake's
-/// 13k-token prompts (0.5-0.9 req/s per H100, where 150 s of traffic is about 100 requests)
-/// neighbouring shapes were rated anywhere between 0.05 and 0.97 req/s, and a fleet planned on
-/// the high draws missed the SLO.
+/// ten worst; one of 200 rested on two. With mooncake's 12k-token prompts (0.5-0.9 req/s per
+/// H100, where 150 s of traffic is about 100 requests) such short probes seldom met the burst
+/// of long prompts a longer run meets: they rated an H100 at 1.5-2x what probes of 1000
+/// requests find, and fleets planned on them missed the SLO.
 pub const MIN_PROBE_REQUESTS: usize = 1000;
 
 /// Requests a probe runs at most for 150 s of traffic, unless the warm-up and the tail it

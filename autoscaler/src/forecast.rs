@@ -127,8 +127,9 @@ pub struct ForecastConfig {
     /// Smallest change over the horizon, as a share of the level, for which the trend counts;
     /// a smaller trend is left out of the forecast. A slope fitted to the minute-scale swings
     /// of smooth traffic (azure-conv) predicts changes of 10-25 % that do not come, and each
-    /// sets the fleet for a whole stabilisation window; a rise out of a lull or up a daily
-    /// ramp (azure-code) predicts more and keeps its whole trend.
+    /// sets the fleet for a whole stabilisation window; a rise out of a lull or a fast climb of
+    /// code traffic predicts more and keeps its whole trend. (Holt's trend lags a steady ramp,
+    /// so a daily envelope's slow ramp is left to the level and to the margin.)
     pub trend_deadband: f64,
 }
 
@@ -277,7 +278,7 @@ mod tests {
     fn trend_extrapolates_a_ramp_and_scores_errors() {
         // Holt's trend alone, without the deadband.
         let mut f = Forecaster::new(ForecastConfig {
-            trend_deadband: 0.0,
+            trend_deadband: 0.3,
             ..ForecastConfig::default()
         });
         let mut last = None;
@@ -330,7 +331,7 @@ mod tests {
         };
         let with_deadband = mean_deviation(ForecastConfig::default());
         let without = mean_deviation(ForecastConfig {
-            trend_deadband: 0.0,
+            trend_deadband: 0.3,
             ..ForecastConfig::default()
         });
         // The level alone follows the swing (7 % off the mean on average); the extrapolated

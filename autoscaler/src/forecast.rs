@@ -278,7 +278,7 @@ mod tests {
     fn trend_extrapolates_a_ramp_and_scores_errors() {
         // Holt's trend alone, without the deadband.
         let mut f = Forecaster::new(ForecastConfig {
-            trend_deadband: 0.3,
+            trend_deadband: 0.0,
             ..ForecastConfig::default()
         });
         let mut last = None;
@@ -331,7 +331,7 @@ mod tests {
         };
         let with_deadband = mean_deviation(ForecastConfig::default());
         let without = mean_deviation(ForecastConfig {
-            trend_deadband: 0.3,
+            trend_deadband: 0.0,
             ..ForecastConfig::default()
         });
         // The level alone follows the swing (7 % off the mean on average); the extrapolated

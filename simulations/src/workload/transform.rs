@@ -103,6 +103,15 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Gives a copied request's prompt blocks fresh hash ids under `salt`, so that the copy is
+/// another user's request (no prefix-cache hits on the original's blocks), while blocks the
+/// original shared with other requests stay shared among copies of the same salt.
+fn as_other_users(hash_ids: &mut [u64], salt: u64) {
+    for h in hash_ids {
+        *h = mix(*h ^ salt);
+    }
+}
+
 /// Multiplies the arrival rate by `factor` while keeping the time span: each request appears
 /// `floor(factor)` times, plus once more with probability `factor - floor(factor)` (so
 /// `factor < 1` thins at random). The first copy keeps the original arrival time; further
@@ -144,10 +153,7 @@ pub fn thin_or_replicate(
             let mut copy = r.clone();
             if c > 0 {
                 copy.arrival_s = r.arrival_s + rng.random::<f64>() * (next - r.arrival_s);
-                let salt = mix(c);
-                for h in &mut copy.hash_ids {
-                    *h = mix(*h ^ salt);
-                }
+                as_other_users(&mut copy.hash_ids, mix(c));
             }
             out.push(copy);
         }
@@ -229,9 +235,7 @@ pub fn repeat(workload: Workload, times: u32) -> Result<Workload, TransformError
             let mut copy = r.clone();
             if c > 0 {
                 copy.arrival_s += c as f64 * span;
-                for h in &mut copy.hash_ids {
-                    *h = mix(*h ^ salt);
-                }
+                as_other_users(&mut copy.hash_ids, salt);
             }
             out.push(copy);
         }

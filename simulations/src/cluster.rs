@@ -395,10 +395,18 @@ impl Sim<'_> {
 
     fn route(&mut self, now: f64, request: u64, after_handoff: bool) {
         let spec = &self.workload.requests[request as usize];
+        // A prefill replica is an entry only while a decode replica is ready to take its
+        // hand-off (as llm-d's gateway picks the decode endpoint first): a request prefilled
+        // with no decode replica would hold its KV cache at the gateway until one starts.
+        let decode_ready = self.replicas.iter().any(|r| {
+            r.state == ReplicaState::Ready && self.variants[r.variant].role == Role::Decode
+        });
         let entry_roles: &[Role] = if after_handoff {
             &[Role::Decode]
-        } else {
+        } else if decode_ready {
             &[Role::Unified, Role::Prefill]
+        } else {
+            &[Role::Unified]
         };
         let candidates: Vec<ReplicaView> = self
             .replicas

@@ -94,3 +94,39 @@ fn prefill_and_decode_must_come_together() {
         .to_string();
     assert!(err.contains("prefill and decode"), "{err}");
 }
+
+#[test]
+fn prompts_go_to_prefill_replicas_only_while_a_decode_replica_can_take_them() {
+    // A unified replica beside a prefill replica whose decode stage has no replica up (a
+    // model leaving, or not yet on, the P/D path): every request is served whole by the
+    // unified replica instead of being prefilled and held with nowhere to decode.
+    let text = PD
+        .replace(
+            "  - { name: decode, accelerator: h100, tp: 4, role: decode, replicas: 1 }\n",
+            "  - { name: decode, accelerator: h100, tp: 4, role: decode, replicas: 0 }\n  - { name: unified, accelerator: h100, tp: 4, replicas: 1 }\n",
+        );
+    let scenario = Scenario::from_yaml(&text, "pd").unwrap();
+    let w = workload(20, 1.0);
+    let options = RunOptions {
+        mode: StepMode::EventJumping,
+        progress: None,
+    };
+    let run = run_cluster(
+        &scenario,
+        &w,
+        &mut LeastLoaded,
+        &mut FixedReplicas,
+        &options,
+    )
+    .unwrap();
+    assert_eq!(run.outcomes.len(), 20);
+    for o in &run.outcomes {
+        assert_eq!(
+            o.variant,
+            Some(2),
+            "served whole by the unified variant: {o:?}"
+        );
+        assert!(o.finish_s.is_some() && !o.rejected, "{o:?}");
+        assert_eq!(o.output_tokens, 64);
+    }
+}

@@ -25,8 +25,11 @@
 //! only when the ready fleet's capacity exceeds the need by more than that band, never on
 //! missing or stale data, and by at most a share of the fleet's capacity per window (so that
 //! a lull of a few minutes does not empty it). Going down to a fleet that still has the band's
-//! headroom is what keeps noise from scaling it straight back up. Replicas are never below
-//! min, above max or beyond pool capacity.
+//! headroom is what keeps noise from scaling it straight back up. Where a model is offered both
+//! unified and prefill/decode variants, the plan changes path only when the saving pays for
+//! the new fleet's start-up, and while it leaves the P/D path a decode replica stays as long as
+//! prefill replicas hand requests on. Replicas are never below min, above max or beyond pool
+//! capacity.
 
 use std::collections::VecDeque;
 
@@ -36,7 +39,7 @@ use crate::capacity::{CapacityModel, LoadShape};
 use crate::forecast::{Forecast, ForecastConfig, Forecaster, estimate_by_role};
 use crate::optimizer::{
     Candidate, Speeds, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
-    stage_rate,
+    plan_by_role_switching, stage_rate,
 };
 use goodput_core::Role;
 
@@ -573,9 +576,14 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         };
         // Prefill and decode variants are sized together: each stage for the whole demand.
         let roles: Vec<Role> = view.variants.iter().map(|v| v.role).collect();
-        let mut plan = plan_by_role(&cands, &roles, &pool_caps, fc.provision_rate, |c, p, d| {
-            optimise_comparable(c, p, d, speeds, switch)
-        });
+        let mut plan = plan_by_role_switching(
+            &cands,
+            &roles,
+            &pool_caps,
+            fc.provision_rate,
+            Some(switch),
+            |c, p, d| optimise_comparable(c, p, d, speeds, switch),
+        );
         // What scale-down may go to: the plan with more replicas of the variants it uses until
         // it carries the need plus the hysteresis band, so that a fleet just shrunk still has
         // the band's headroom and the next uptick in the noise does not scale it straight back
@@ -689,6 +697,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         }
         if !to_zero {
             self.limit_scale_down(&cands, &roles, &current, &mut targets, now);
+            pair_stages(view, &roles, &plan.replicas, &mut targets);
         }
         // Never beyond a pool: shed replicas held above the plan first, then any above min.
         for (p, pool) in view.pools.iter().enumerate() {
@@ -755,5 +764,38 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             }
         }
         out
+    }
+}
+
+/// Keeps the two stages of the P/D path paired while the plan moves on or off it; the
+/// scale-down window of each variant runs on its own.
+/// - Every request a prefill replica serves goes on to a decode replica. While prefill replicas
+///   are wanted or still serving (draining ones finish their queue and hand it on), keep one
+///   decode replica: when the plan leaves the P/D path the decode stage's window could end
+///   first, leaving the prefilled requests nowhere to go.
+/// - Once no prefill replica is wanted, ready or draining, decode replicas get no new requests
+///   and carry no capacity: they go to the plan at once, without waiting for the fleet to
+///   exceed the need by the hysteresis band (which the rest of the fleet alone decides).
+fn pair_stages(view: &ClusterView, roles: &[Role], plan: &[u32], targets: &mut [u32]) {
+    let prefill_up =
+        view.variants.iter().enumerate().any(|(i, v)| {
+            roles[i] == Role::Prefill && (targets[i] > 0 || v.ready + v.draining > 0)
+        });
+    let decode: Vec<usize> = (0..targets.len())
+        .filter(|&i| roles[i] == Role::Decode && view.variants[i].max_replicas > 0)
+        .collect();
+    if !prefill_up {
+        for &i in &decode {
+            let floor = view.variants[i].min_replicas;
+            targets[i] = targets[i].min(plan.get(i).copied().unwrap_or(0).max(floor));
+        }
+    } else if decode.iter().all(|&i| targets[i] == 0) {
+        // The decode variant with the most replicas up now, so that none has to start.
+        if let Some(&d) = decode
+            .iter()
+            .max_by_key(|&&i| view.variants[i].ready + view.variants[i].starting)
+        {
+            targets[d] = 1;
+        }
     }
 }

@@ -316,6 +316,23 @@ pub fn plan_by_role(
     roles: &[Role],
     pool_capacity: &[u32],
     demand: f64,
+    plan: impl FnMut(&[Candidate], &[u32], f64) -> Plan,
+) -> Plan {
+    plan_by_role_switching(cands, roles, pool_capacity, demand, None, plan)
+}
+
+/// [`plan_by_role`] where the unified and the P/D path are compared with what each would
+/// start charged as [`SwitchCost`] says. Moving a model to the other path starts a whole
+/// fleet that serves nothing through its start-up; compared on their hourly costs alone, two
+/// paths within a replica of each other took turns as the forecast moved (on azure-conv, every
+/// few decisions), and each turn left the count-balancing router splitting traffic between a
+/// growing and a shrinking fleet.
+pub fn plan_by_role_switching(
+    cands: &[Candidate],
+    roles: &[Role],
+    pool_capacity: &[u32],
+    demand: f64,
+    switch: Option<SwitchCost<'_>>,
     mut plan: impl FnMut(&[Candidate], &[u32], f64) -> Plan,
 ) -> Plan {
     let has = |r: Role| roles.contains(&r);
@@ -396,7 +413,11 @@ pub fn plan_by_role(
     let chosen = if has(Role::Unified) {
         let unified = plan(&only(Role::Unified), &besides(&[Role::Unified]), demand);
         let unified_wins = match (unified.capacity_limited, disaggregated.capacity_limited) {
-            (false, false) => unified.cost_per_hour <= disaggregated.cost_per_hour,
+            (false, false) => {
+                let with_starts =
+                    |p: &Plan| p.cost_per_hour + switch.as_ref().map_or(0.0, |s| s.of(cands, p));
+                with_starts(&unified) <= with_starts(&disaggregated)
+            }
             (false, true) => true,
             (true, false) => false,
             (true, true) => unified.capacity_rate >= disaggregated.capacity_rate,
@@ -656,6 +677,53 @@ mod tests {
         assert_eq!(
             plan_by_role(&c, &roles, &[16], 12.0, optimise).replicas,
             vec![4, 1, 0]
+        );
+    }
+
+    #[test]
+    fn a_model_changes_path_only_when_the_saving_pays_for_the_new_fleet() {
+        // Unified 4 rps for $4; prefill and decode 8 rps for $3.5 each: 16 rps costs $16
+        // unified (4 replicas) or $14 disaggregated (2 + 2).
+        let c = [
+            cand(4.0, 1, 0, 4.0),
+            cand(3.5, 1, 0, 8.0),
+            cand(3.5, 1, 0, 8.0),
+        ];
+        let roles = [Role::Unified, Role::Prefill, Role::Decode];
+        let plan = |switch| plan_by_role_switching(&c, &roles, &[16], 16.0, switch, optimise);
+        // From scratch, or without a charge, the cheaper path wins.
+        assert_eq!(plan(None).replicas, vec![0, 2, 2]);
+        let from_scratch = SwitchCost {
+            current: &[0, 0, 0],
+            share: 0.8,
+        };
+        assert_eq!(plan(Some(from_scratch)).replicas, vec![0, 2, 2]);
+        // With the unified fleet running, the four new P/D replicas' start-up (0.8 x $14)
+        // outweighs the $2/h the other path saves: the model stays where it is.
+        let unified_running = SwitchCost {
+            current: &[4, 0, 0],
+            share: 0.8,
+        };
+        assert_eq!(plan(Some(unified_running)).replicas, vec![4, 0, 0]);
+        // Running on the P/D path, it stays there too.
+        let pd_running = SwitchCost {
+            current: &[0, 2, 2],
+            share: 0.8,
+        };
+        assert_eq!(plan(Some(pd_running)).replicas, vec![0, 2, 2]);
+        // A path that saves more than its start-up costs still wins: unified at $1.5.
+        let cheap = [
+            Candidate {
+                price_per_hour: 1.5,
+                ..c[0]
+            },
+            c[1],
+            c[2],
+        ];
+        assert_eq!(
+            plan_by_role_switching(&cheap, &roles, &[16], 16.0, Some(pd_running), optimise)
+                .replicas,
+            vec![4, 0, 0]
         );
     }
 

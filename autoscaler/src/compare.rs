@@ -328,9 +328,16 @@ pub fn prepare_with(
     };
     // Single-deployment baselines scale a unified variant; where there is none, the prefill
     // variant (and Dynamo's planner, in disaggregated mode, the decode partner as well).
-    let (primary, decode_partner) = match best_of(Role::Unified) {
-        Some(u) => (u, None),
-        None => (best_of(Role::Prefill).unwrap_or(0), best_of(Role::Decode)),
+    // Dynamo's planner is built for disaggregated serving: where the scenario offers a prefill
+    // and a decode variant it runs in that mode, as its users would deploy it.
+    let disaggregated_pair = match (best_of(Role::Prefill), best_of(Role::Decode)) {
+        (Some(p), Some(d)) => Some((p, d)),
+        _ => None,
+    };
+    let (primary, decode_partner) = match (best_of(Role::Unified), disaggregated_pair) {
+        (Some(_), Some((p, d))) if name == "dynamo-planner" => (p, Some(d)),
+        (Some(u), _) => (u, None),
+        (None, _) => (best_of(Role::Prefill).unwrap_or(0), best_of(Role::Decode)),
     };
     let single = matches!(name, "hpa-kv" | "keda-slo" | "dynamo-planner");
     if single {

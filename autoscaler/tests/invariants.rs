@@ -9,7 +9,8 @@ use goodput_autoscaler::baselines::{HpaKv, KedaSlo, WvaSaturation};
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
 use goodput_autoscaler::optimizer::{
-    Candidate, Speeds, SwitchCost, carried_rate, optimise, optimise_comparable, plan_by_role,
+    Candidate, Speeds, SwitchCost, carried_rate, optimise, optimise_comparable,
+    plan_by_role_switching,
 };
 use goodput_core::{Role, Slo, VariantLoad};
 use goodput_sim::policy::{ClusterView, PoolView, ScaleDecision, VariantView};
@@ -329,14 +330,16 @@ proptest! {
         } else {
             Vec::new()
         };
+        // As goodput plans: paths and mixes both charged for the replicas they would start.
+        let switch = SwitchCost { current: &current, share: 0.8 };
         let plan = |d: f64| {
-            plan_by_role(&cands, &roles, &pools, d, |c, p, x| {
+            plan_by_role_switching(&cands, &roles, &pools, d, Some(switch), |c, p, x| {
                 optimise_comparable(
                     c,
                     p,
                     x,
                     Speeds { per_replica: &[], min_ratio: ratio, concurrency: &concurrency },
-                    SwitchCost { current: &current, share: 0.8 },
+                    switch,
                 )
             })
         };

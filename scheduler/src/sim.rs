@@ -117,17 +117,18 @@ impl<L: LatencyModel> Router for SimRouter<L> {
     }
 
     fn pick(&mut self, request: &RouteRequest<'_>, candidates: &[ReplicaView]) -> Option<usize> {
-        // The cluster offers prefill replicas alone at a P/D entry: they are the entry there.
-        let all_prefill = candidates
-            .iter()
-            .all(|c| self.roles.get(c.variant) == Some(&PodType::Prefill));
+        // The cluster offers prefill replicas only at the entry (beside unified ones when a
+        // model has both paths), and there a prefill replica is where the request goes first:
+        // an entry like a unified replica. Shown to the picker as prefill-only pods, which take
+        // no request from the client, they never got one beside unified replicas, and a fleet
+        // that held both paths sent every request to its few unified replicas.
         self.views.clear();
         self.views.extend(candidates.iter().map(|c| {
             let role = self.roles.get(c.variant).copied().unwrap_or_default();
             EndpointView {
                 slot: c.replica,
                 variant: c.variant,
-                role: if all_prefill {
+                role: if role == PodType::Prefill {
                     PodType::Monolithic
                 } else {
                     role
@@ -264,5 +265,39 @@ mod tests {
         assert_eq!(s[0].len(), 1, "unfinished requests are not samples");
         assert!((s[0][0].ttft_ms.unwrap() - 100.0).abs() < 1e-9);
         assert!((s[0][0].tpot_ms.unwrap() - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn prefill_replicas_are_entries_beside_unified_ones() {
+        // A model with both paths: a busy unified replica and an idle prefill replica (the
+        // P/D path's entry). Each picker sends the request to the idle prefill replica.
+        let pickers: Vec<Box<dyn Picker>> = vec![
+            Box::new(GoodputPicker::default()),
+            Box::new(crate::pick::LeastRequests::default()),
+            Box::new(crate::pick::PrefixLoad::default()),
+        ];
+        for picker in pickers {
+            let name = picker.name().to_string();
+            let mut r = SimRouter::new(picker, NoPredictions, &[], 16, Some((1000.0, 60.0)));
+            r.roles = vec![PodType::Monolithic, PodType::Prefill];
+            let view = |replica, variant, running| ReplicaView {
+                replica,
+                variant,
+                running,
+                waiting: 0,
+                kv_usage: 0.05 * running as f64,
+                prefill_tokens_in_flight: 0,
+                since_oldest_prefill_s: None,
+                since_last_token_s: None,
+            };
+            let cands = [view(0, 0, 12), view(1, 1, 0)];
+            let req = RouteRequest {
+                id: 0,
+                input_tokens: 2048,
+                output_tokens: 28,
+                hash_ids: &[],
+            };
+            assert_eq!(r.pick(&req, &cands), Some(1), "{name}");
+        }
     }
 }

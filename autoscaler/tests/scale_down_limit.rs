@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/views.rs"]
+mod views;
+
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
 use goodput_core::{Role, VariantLoad};
@@ -73,13 +76,7 @@ fn run(
             };
             var.load = Some(load(var.ready, rate, out_tokens));
         }
-        for d in policy.decide(v) {
-            let var = &mut v.variants[d.variant];
-            var.target = d.replicas;
-            var.ready = d.replicas;
-        }
-        out.push(v.variants.iter().map(|x| x.target).collect());
-        v.now_s += INTERVAL_S;
+        out.push(views::decide_and_apply(policy, v, INTERVAL_S));
     }
     out
 }

@@ -6,7 +6,7 @@
 
 use goodput_core::Catalog;
 use goodput_core::perf::kv_transfer_time;
-use goodput_sim::cluster::{RunOptions, run_cluster};
+use goodput_sim::cluster::{ClusterRun, RunOptions, run_cluster};
 use goodput_sim::engine::StepMode;
 use goodput_sim::policy::{FixedReplicas, LeastLoaded};
 use goodput_sim::profile::profile;
@@ -42,22 +42,19 @@ fn workload(n: u64, gap_s: f64) -> Workload {
     }
 }
 
-#[test]
-fn isolated_requests_pay_prefill_plus_kv_transfer_before_the_first_token() {
-    let scenario = Scenario::from_yaml(PD, "pd").unwrap();
-    let w = workload(5, 30.0);
+/// Runs `w` on the scenario `yaml` with its replicas fixed, behind least-loaded routing.
+fn run_fixed(yaml: &str, w: &Workload) -> ClusterRun {
+    let scenario = Scenario::from_yaml(yaml, "pd").unwrap();
     let options = RunOptions {
         mode: StepMode::EventJumping,
         progress: None,
     };
-    let run = run_cluster(
-        &scenario,
-        &w,
-        &mut LeastLoaded,
-        &mut FixedReplicas,
-        &options,
-    )
-    .unwrap();
+    run_cluster(&scenario, w, &mut LeastLoaded, &mut FixedReplicas, &options).unwrap()
+}
+
+#[test]
+fn isolated_requests_pay_prefill_plus_kv_transfer_before_the_first_token() {
+    let run = run_fixed(PD, &workload(5, 30.0));
     let c = Catalog::builtin();
     let (m, h100) = (
         c.model("llama-3.1-70b").unwrap(),
@@ -105,20 +102,7 @@ fn prompts_go_to_prefill_replicas_only_while_a_decode_replica_can_take_them() {
             "  - { name: decode, accelerator: h100, tp: 4, role: decode, replicas: 1 }\n",
             "  - { name: decode, accelerator: h100, tp: 4, role: decode, replicas: 0 }\n  - { name: unified, accelerator: h100, tp: 4, replicas: 1 }\n",
         );
-    let scenario = Scenario::from_yaml(&text, "pd").unwrap();
-    let w = workload(20, 1.0);
-    let options = RunOptions {
-        mode: StepMode::EventJumping,
-        progress: None,
-    };
-    let run = run_cluster(
-        &scenario,
-        &w,
-        &mut LeastLoaded,
-        &mut FixedReplicas,
-        &options,
-    )
-    .unwrap();
+    let run = run_fixed(&text, &workload(20, 1.0));
     assert_eq!(run.outcomes.len(), 20);
     for o in &run.outcomes {
         assert_eq!(

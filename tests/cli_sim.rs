@@ -169,6 +169,7 @@ fn compare_runs_each_policy_behind_one_router() {
             "goodput,static-peak,keda-slo",
             "--router",
             "goodput",
+            "--requests",
             "--out",
         ])
         .arg(&out)
@@ -189,6 +190,22 @@ fn compare_runs_each_policy_behind_one_router() {
         assert!(r["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["accelerator_hours"].as_f64().unwrap() > 0.0, "{r}");
         assert!(table.contains(r["policy"].as_str().unwrap()), "{table}");
+        // --requests: every request of the run, one row each, and the rows that met the SLO
+        // are the attainment the summary gives.
+        let name = r["policy"].as_str().unwrap();
+        let csv = std::fs::read_to_string(out.join(format!("{name}.requests.csv"))).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let met = header.iter().position(|c| *c == "met_slo").unwrap();
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows.len() as u64, r["requests"].as_u64().unwrap(), "{name}");
+        let met_share =
+            rows.iter().filter(|row| row[met] == "true").count() as f64 / rows.len() as f64;
+        assert!(
+            (met_share - attainment).abs() < 1e-9,
+            "{name}: {met_share} vs {attainment}"
+        );
+        assert!(table.contains(&format!("{name}.requests.csv")), "{table}");
     }
     // The static fleet never changes, and it is sized (behind the same router) to hold the SLO.
     assert_eq!(rows[1]["scale_events"], 0);

@@ -422,6 +422,20 @@ pub fn compare_routed(
     policies: &[String],
     router: Option<RouterFactory<'_>>,
 ) -> Result<Vec<RunReport>, CompareError> {
+    compare_each(scenario, workload, policies, router, &mut |_, _| Ok(()))
+}
+
+/// [`compare_routed`] that hands each policy's whole run (every request's outcome) to
+/// `each_run` as it finishes, before the next policy runs, so that a caller can keep what it
+/// needs of a run (per-request rows, say) without holding every run of a long workload at once.
+/// An error from `each_run` stops the comparison.
+pub fn compare_each(
+    scenario: &Scenario,
+    workload: &Workload,
+    policies: &[String],
+    router: Option<RouterFactory<'_>>,
+    each_run: &mut dyn FnMut(&str, &Simulation) -> Result<(), String>,
+) -> Result<Vec<RunReport>, CompareError> {
     // A misspelt name fails before the first run, not after minutes of the others.
     if let Some(unknown) = policies
         .iter()
@@ -445,6 +459,10 @@ pub fn compare_routed(
             p.policy.as_deref_mut().map(|a| a as &mut dyn Autoscaler),
             router,
         )?;
+        each_run(name, &sim).map_err(|message| CompareError::Run {
+            policy: name.clone(),
+            message,
+        })?;
         let mut report = sim.report;
         report.policy = name.clone();
         out.push(report);

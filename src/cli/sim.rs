@@ -84,6 +84,11 @@ pub struct CompareArgs {
     /// Directory for compare.json and compare.html.
     #[arg(long, env = "GOODPUT_SIM_OUT", default_value = "goodput-compare")]
     pub out: PathBuf,
+    /// Also write DIR/<policy>.requests.csv for each policy: one row per request (arrival,
+    /// TTFT, mean ITL, tokens, cached tokens, the variant that served it, whether it met the
+    /// SLO), as `sim run` writes requests.csv, to see where and on what a policy missed.
+    #[arg(long, env = "GOODPUT_SIM_REQUESTS")]
+    pub requests: bool,
 }
 
 #[derive(Debug, Args)]
@@ -448,14 +453,26 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         workload = transform::truncate(workload, d)?;
     }
     let factory = router_factory(&args.router, workload.hash_block_tokens)?;
-    let reports = goodput_autoscaler::compare::compare_routed(
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut written = Vec::new();
+    let mut keep_requests = |policy: &str, sim: &goodput_sim::run::Simulation| {
+        if !args.requests {
+            return Ok(());
+        }
+        let path = args.out.join(format!("{policy}.requests.csv"));
+        std::fs::write(&path, sim.requests_csv())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+        Ok(())
+    };
+    let reports = goodput_autoscaler::compare::compare_each(
         &scenario,
         &workload,
         &args.policies,
         factory.as_deref(),
+        &mut keep_requests,
     )?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let json = args.out.join("compare.json");
     let value = goodput_autoscaler::compare::compare_json(&reports);
     std::fs::write(&json, serde_json::to_string_pretty(&value)?)
@@ -464,8 +481,12 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     std::fs::write(&page, html::render_compare_html(&reports))
         .with_context(|| format!("cannot write {}", page.display()))?;
     let router = reports.first().map_or("", |r| r.router.as_str());
+    let per_request = written
+        .iter()
+        .map(|p| format!("wrote {}\n", p.display()))
+        .collect::<String>();
     super::emit(&format!(
-        "router: {router}\n{}wrote {} and {}\n",
+        "router: {router}\n{}wrote {} and {}\n{per_request}",
         table::compare_table(&reports),
         json.display(),
         page.display()

@@ -453,13 +453,13 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         workload = transform::truncate(workload, d)?;
     }
     let factory = router_factory(&args.router, workload.hash_block_tokens)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut written = Vec::new();
     let mut keep_requests = |policy: &str, sim: &goodput_sim::run::Simulation| {
         if !args.requests {
             return Ok(());
         }
+        std::fs::create_dir_all(&args.out)
+            .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
         let path = args.out.join(format!("{policy}.requests.csv"));
         std::fs::write(&path, sim.requests_csv())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -473,6 +473,8 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         factory.as_deref(),
         &mut keep_requests,
     )?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let json = args.out.join("compare.json");
     let value = goodput_autoscaler::compare::compare_json(&reports);
     std::fs::write(&json, serde_json::to_string_pretty(&value)?)

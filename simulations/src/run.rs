@@ -204,7 +204,26 @@ pub fn summarise(
     let mut itl = Vec::new();
     let mut e2e = Vec::new();
     let (mut ok, mut ttft_ok, mut itl_ok, mut completed) = (0u64, 0u64, 0u64, 0u64);
+    let mut timeseries = run.timeseries.clone();
+    let samples = timeseries.t_s.len();
+    let mut slo_missed = vec![0.0; samples];
+    // The interval a request arrived in: the first sample at or after its arrival (the last
+    // one for arrivals after the final sample).
+    let sample_times = &run.timeseries.t_s;
+    let interval_of = |arrival: f64| {
+        sample_times
+            .partition_point(|&t| t < arrival)
+            .min(samples.saturating_sub(1))
+    };
     for o in &run.outcomes {
+        let met = match (o.ttft_s(), o.mean_itl_s(), o.finish_s) {
+            (Some(t), Some(i), Some(_)) => t * 1e3 <= slo.ttft_ms && i * 1e3 <= slo.itl_ms,
+            _ => false,
+        };
+        if !met && !slo_missed.is_empty() {
+            let k = interval_of(o.arrival_s);
+            slo_missed[k] += 1.0;
+        }
         let (Some(t), Some(i), Some(f)) = (o.ttft_s(), o.mean_itl_s(), o.finish_s) else {
             continue;
         };
@@ -290,9 +309,57 @@ pub fn summarise(
         accelerator_hours: hours,
         accelerator_hours_by_type: by_type,
         scale_events: run.scale_events.clone(),
-        timeseries: run.timeseries.clone(),
+        timeseries: {
+            timeseries.slo_missed = slo_missed;
+            timeseries
+        },
         wall_time_s,
         engine_steps: run.engine_steps,
         events: run.events,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misses_per_interval_add_up_to_the_attainment_lost() {
+        // One L40S under more chat load than it carries within tight targets: many requests
+        // miss, spread over the run.
+        let yaml = r#"
+name: overloaded
+model: llama-3.1-8b
+slo: { ttft_ms: 500, itl_ms: 30 }
+pools:
+  - { accelerator: l40s, capacity: 4 }
+variants:
+  - { name: v, accelerator: l40s, tp: 1, replicas: 1 }
+workload: { generator: { rate: 6, duration_s: 120, lengths: azure-conv } }
+"#;
+        let scenario = Scenario::from_yaml(yaml, "overloaded").expect("scenario");
+        let workload = load_workload(&scenario, Path::new(".")).expect("workload");
+        let sim = simulate(&scenario, &workload, None, None, None).expect("run");
+        let r = &sim.report;
+        let ts = &r.timeseries;
+        assert_eq!(ts.slo_missed.len(), ts.t_s.len());
+        let missed: f64 = ts.slo_missed.iter().sum();
+        let expected = r.requests.total as f64 * (1.0 - r.requests.slo_attainment);
+        assert!(missed > 0.0, "{missed}");
+        assert!((missed - expected).abs() < 1e-6, "{missed} vs {expected}");
+        // Every miss sits in an interval at or after its arrival.
+        let first_miss = sim
+            .run
+            .outcomes
+            .iter()
+            .filter(|o| {
+                !matches!((o.ttft_s(), o.mean_itl_s(), o.finish_s),
+                    (Some(t), Some(i), Some(_)) if t * 1e3 <= 500.0 && i * 1e3 <= 30.0)
+            })
+            .map(|o| o.arrival_s)
+            .fold(f64::INFINITY, f64::min);
+        let first_interval = ts.slo_missed.iter().position(|&m| m > 0.0).expect("a miss");
+        assert!(ts.t_s[first_interval] >= first_miss, "{first_interval}");
+        assert!(first_interval == 0 || ts.t_s[first_interval - 1] < first_miss);
     }
 }

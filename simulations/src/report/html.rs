@@ -201,7 +201,29 @@ fn run_charts(report: &RunReport) -> Vec<Chart> {
         y_min: Some(0.0),
         ..time_chart("Requests waiting", "requests")
     };
-    vec![replicas, ttft, itl, cost, waiting]
+    let mut charts = vec![replicas, ttft, itl, cost, waiting];
+    if !ts.slo_missed.is_empty() {
+        charts.push(misses_chart(vec![Series::from_columns(
+            "missed the SLO",
+            &ts.t_s,
+            &ts.slo_missed,
+        )]));
+    }
+    charts
+}
+
+/// Requests that missed the SLO per interval, by the interval they arrived in: where a run lost
+/// its attainment.
+fn misses_chart(series: Vec<Series>) -> Chart {
+    Chart {
+        series,
+        y_min: Some(0.0),
+        step: true,
+        ..time_chart(
+            "Requests that missed the SLO, by the interval they arrived in",
+            "requests",
+        )
+    }
 }
 
 /// Renders one run as a self-contained HTML page: header, key figures, charts, the variants and
@@ -522,6 +544,21 @@ pub fn render_compare_html(reports: &[RunReport]) -> String {
         };
         chart_block(&mut out, &chart);
     }
+    // One chart for all policies: the same workload, so the same intervals.
+    if reports.iter().any(|r| !r.timeseries.slo_missed.is_empty()) {
+        out.push_str("<h2>Where the SLO was missed</h2>\n");
+        let series = reports
+            .iter()
+            .map(|r| {
+                Series::from_columns(
+                    r.policy.clone(),
+                    &r.timeseries.t_s,
+                    &r.timeseries.slo_missed,
+                )
+            })
+            .collect();
+        chart_block(&mut out, &misses_chart(series));
+    }
     page_end(&mut out);
     out
 }
@@ -661,6 +698,9 @@ pub(crate) mod fixtures {
                 itl_p95_ms: itl,
                 cost_per_hour: (0..n).map(|i| 10.0 + 4.0 * wave(i)).collect(),
                 waiting: (0..n).map(|i| (5.0 * wave(i)).max(0.0)).collect(),
+                slo_missed: (0..n)
+                    .map(|i| if i % 50 == 7 { 12.0 } else { 0.0 })
+                    .collect(),
                 t_s: t,
             },
             wall_time_s: 2.5,
@@ -699,8 +739,9 @@ mod tests {
             "no external resources"
         );
         assert!(!html.contains("NaN"));
-        // Five charts, each with at least one drawn line.
-        assert_eq!(html.matches("<svg").count(), 5);
+        // Six charts (the last: where requests missed the SLO), each with a drawn line.
+        assert_eq!(html.matches("<svg").count(), 6);
+        assert!(html.contains("Requests that missed the SLO"));
         assert!(!html.contains("no data"));
     }
 
@@ -762,7 +803,12 @@ mod tests {
         ];
         let html = render_compare_html(&runs);
         balanced(&html, VOID).unwrap();
-        assert_eq!(html.matches("<svg").count(), 3);
+        // A replicas chart per policy, and one of where each missed the SLO.
+        assert_eq!(html.matches("<svg").count(), 4);
+        let misses = html.split("<h2>Where the SLO was missed</h2>").nth(1).unwrap();
+        for policy in ["static-peak", "goodput", "hpa &lt;cpu&gt;"] {
+            assert!(misses.contains(policy), "{policy}");
+        }
         let summary = html.split("<h2>Replicas over time</h2>").next().unwrap();
         assert_eq!(summary.matches("<tr").count(), 4);
         assert!(summary.contains("<td>hpa &lt;cpu&gt;</td>"));
@@ -779,6 +825,7 @@ mod tests {
         assert_eq!(html.matches("class=\"best\"").count(), 1);
         // A line per variant plus the total, and the load, in every chart.
         let charts = html.split("<h2>Replicas over time</h2>").nth(1).unwrap();
+        let charts = charts.split("<h2>Where the SLO was missed</h2>").next().unwrap();
         assert_eq!(charts.matches("<path").count(), 3 * (3 + 1 + 1));
         assert_eq!(charts.matches("arrivals/s (right axis)").count(), 3);
         assert!(!html.contains("NaN"));

@@ -82,6 +82,11 @@ pub struct TimeSeries {
     pub cost_per_hour: Vec<f64>,
     /// Requests waiting (queued) across the fleet.
     pub waiting: Vec<f64>,
+    /// Requests that arrived in the interval and missed the SLO (either target, or never
+    /// finished): where a run lost its attainment. Filled in from the outcomes after the run
+    /// (empty in reports written before it existed).
+    #[serde(default)]
+    pub slo_missed: Vec<f64>,
 }
 
 /// One change of a variant's replica target.

@@ -805,7 +805,10 @@ mod tests {
         balanced(&html, VOID).unwrap();
         // A replicas chart per policy, and one of where each missed the SLO.
         assert_eq!(html.matches("<svg").count(), 4);
-        let misses = html.split("<h2>Where the SLO was missed</h2>").nth(1).unwrap();
+        let misses = html
+            .split("<h2>Where the SLO was missed</h2>")
+            .nth(1)
+            .unwrap();
         for policy in ["static-peak", "goodput", "hpa &lt;cpu&gt;"] {
             assert!(misses.contains(policy), "{policy}");
         }
@@ -825,7 +828,10 @@ mod tests {
         assert_eq!(html.matches("class=\"best\"").count(), 1);
         // A line per variant plus the total, and the load, in every chart.
         let charts = html.split("<h2>Replicas over time</h2>").nth(1).unwrap();
-        let charts = charts.split("<h2>Where the SLO was missed</h2>").next().unwrap();
+        let charts = charts
+            .split("<h2>Where the SLO was missed</h2>")
+            .next()
+            .unwrap();
         assert_eq!(charts.matches("<path").count(), 3 * (3 + 1 + 1));
         assert_eq!(charts.matches("arrivals/s (right axis)").count(), 3);
         assert!(!html.contains("NaN"));

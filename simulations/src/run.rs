@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::cluster::{ClusterRun, RunOptions, percentile, run_cluster};
 use crate::engine::StepMode;
 use crate::policy::{Autoscaler, FixedReplicas, LeastLoaded, RoundRobin, Router};
-use crate::report::{Percentiles, RequestStats, RunReport, VariantStats};
+use crate::report::{Percentiles, RequestStats, RunReport, TimeSeries, VariantStats};
 use crate::scenario::{Scenario, ScenarioError, WorkloadSpec};
 use crate::workload::{Workload, trace, transform};
 
@@ -204,27 +204,19 @@ pub fn summarise(
     let mut itl = Vec::new();
     let mut e2e = Vec::new();
     let (mut ok, mut ttft_ok, mut itl_ok, mut completed) = (0u64, 0u64, 0u64, 0u64);
-    let mut timeseries = run.timeseries.clone();
-    let samples = timeseries.t_s.len();
-    let mut slo_missed = vec![0.0; samples];
-    // The interval a request arrived in: the first sample at or after its arrival (the last
-    // one for arrivals after the final sample).
+    // Misses per sampled interval, by the interval a request arrived in: the first sample at
+    // or after its arrival (the last one for arrivals after the final sample).
     let sample_times = &run.timeseries.t_s;
-    let interval_of = |arrival: f64| {
-        sample_times
-            .partition_point(|&t| t < arrival)
-            .min(samples.saturating_sub(1))
+    let mut slo_missed = vec![0.0; sample_times.len()];
+    let mut missed_at = |arrival: f64| {
+        let k = sample_times.partition_point(|&t| t < arrival);
+        if let Some(m) = slo_missed.get_mut(k.min(sample_times.len().saturating_sub(1))) {
+            *m += 1.0;
+        }
     };
     for o in &run.outcomes {
-        let met = match (o.ttft_s(), o.mean_itl_s(), o.finish_s) {
-            (Some(t), Some(i), Some(_)) => t * 1e3 <= slo.ttft_ms && i * 1e3 <= slo.itl_ms,
-            _ => false,
-        };
-        if !met && !slo_missed.is_empty() {
-            let k = interval_of(o.arrival_s);
-            slo_missed[k] += 1.0;
-        }
         let (Some(t), Some(i), Some(f)) = (o.ttft_s(), o.mean_itl_s(), o.finish_s) else {
+            missed_at(o.arrival_s);
             continue;
         };
         completed += 1;
@@ -238,6 +230,9 @@ pub fn summarise(
         ttft_ok += t_ok as u64;
         itl_ok += i_ok as u64;
         ok += (t_ok && i_ok) as u64;
+        if !(t_ok && i_ok) {
+            missed_at(o.arrival_s);
+        }
     }
     let frac = |x: u64| {
         if total > 0 {
@@ -309,9 +304,9 @@ pub fn summarise(
         accelerator_hours: hours,
         accelerator_hours_by_type: by_type,
         scale_events: run.scale_events.clone(),
-        timeseries: {
-            timeseries.slo_missed = slo_missed;
-            timeseries
+        timeseries: TimeSeries {
+            slo_missed,
+            ..run.timeseries.clone()
         },
         wall_time_s,
         engine_steps: run.engine_steps,

@@ -5,7 +5,8 @@
 //! plus one interval ahead and adds its burst margin, the [`CapacityModel`] gives each variant's
 //! sustainable rate per replica for the observed load shape, and the optimiser picks the cheapest
 //! mix for the provisioned rate among variants of comparable speed per replica, charging the
-//! replicas a new mix would start for their start-up time (behind a count-balancing router,
+//! replicas a new mix would start for their start-up time and those it would drop for the time
+//! the stabilisation window keeps them past it (behind a count-balancing router,
 //! [`Routing::CountBalanced`], a mix runs at the concurrency of its most limited variant, which
 //! the capacity model also reports); when the SLO is known, a variant's
 //! observed p95 latencies above it derate that variant's probed capacity (down to half, and not
@@ -26,8 +27,9 @@
 //! missing or stale data, and by at most a share of the fleet's capacity per window (so that
 //! a lull of a few minutes does not empty it). Going down to a fleet that still has the band's
 //! headroom is what keeps noise from scaling it straight back up. Where a model is offered both
-//! unified and prefill/decode variants, the plan changes path only when the saving pays for
-//! the new fleet's start-up, and while it leaves the P/D path a decode replica stays as long as
+//! unified and prefill/decode variants, the plan changes path (and a mix its variants) only
+//! when the saving pays for the new fleet's start-up and for the old replicas the window keeps
+//! beside it, and while it leaves the P/D path a decode replica stays as long as
 //! prefill replicas hand requests on. Replicas are never below min, above max or beyond pool
 //! capacity.
 
@@ -549,16 +551,19 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         let cands = self.candidates(view, &probed);
         let pool_caps: Vec<u32> = view.pools.iter().map(|p| p.capacity).collect();
         // Replicas started for a new mix are paid for through their start-up while serving
-        // nothing; a mix must save more than that over a stabilisation window to replace one.
+        // nothing, and the replicas it drops for as long as they outlast that start-up (the
+        // stabilisation window keeps them at least a window): a mix must save more than both
+        // over a stabilisation window to replace one.
         let current: Vec<u32> = view.variants.iter().map(|v| v.target).collect();
+        let window = self
+            .cfg
+            .scale_down_window_s
+            .max(self.cfg.interval_s)
+            .max(1.0);
         let switch = SwitchCost {
             current: &current,
-            share: startup
-                / self
-                    .cfg
-                    .scale_down_window_s
-                    .max(self.cfg.interval_s)
-                    .max(1.0),
+            share: startup / window,
+            dropped_share: ((window - startup) / window).max(0.0),
         };
         // Behind a count-balancing router a mix runs at its most limited variant's concurrency
         // (one more probe per variant and shape).

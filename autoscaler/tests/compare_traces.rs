@@ -121,10 +121,10 @@ fn azure_conv_under_daily_envelope() {
 }
 
 /// On the one-hour azure-code replay no reactive baseline dominates goodput. The static fleet
-/// of 4 prefill and 1 decode H100s does: 99 % at about $19 against goodput's 94.5 % at about
-/// $20. The trace's one-second bursts, not its minute rates, set the fleet this replay needs,
+/// of 4 prefill and 1 decode H100s does: 99 % at about $19 against goodput's 94.4 % at about
+/// $19.3. The trace's one-second bursts, not its minute rates, set the fleet this replay needs,
 /// and a fleet started after a burst begins does not serve it (docs/autoscaling.md, "Reading
-/// the results"). Over a whole day of the same trace goodput holds 99 % at 0.73x the static
+/// the results"). Over a whole day of the same trace goodput holds 99 % at 0.70x the static
 /// fleet's cost (the "A whole day" table there).
 #[test]
 fn azure_code_under_daily_envelope() {

@@ -330,8 +330,9 @@ proptest! {
         } else {
             Vec::new()
         };
-        // As goodput plans: paths and mixes both charged for the replicas they would start.
-        let switch = SwitchCost { current: &current, share: 0.8 };
+        // As goodput plans: paths and mixes both charged for the replicas they would start
+        // and drop.
+        let switch = SwitchCost { current: &current, share: 0.8, dropped_share: 0.2 };
         let plan = |d: f64| {
             plan_by_role_switching(&cands, &roles, &pools, d, Some(switch), |c, p, x| {
                 optimise_comparable(

@@ -21,7 +21,10 @@
 //! prompts' prefill chunks break), so it is set aside for a while (twice as long each further
 //! time) and the optimiser plans without it. Stability rules shape the plan into targets:
 //! scale-up is immediate and jumps straight to the plan (replicas still starting are counted,
-//! since the view's target includes them, so they are not asked for twice); scale-down goes to
+//! since the view's target includes them, so they are not asked for twice), except a swap to a
+//! cheaper mix while the fleet targeted carries the need, which starts once the plan has asked
+//! for it over a whole stabilisation window, as its old replicas wait that long (and those go
+//! only while the ready replicas left carry the need); scale-down goes to
 //! the largest plan for the need plus the hysteresis band seen over the stabilisation window,
 //! only when the ready fleet's capacity exceeds the need by more than that band, never on
 //! missing or stale data, and by at most a share of the fleet's capacity per window (so that
@@ -675,6 +678,28 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         // Replicas of a variant set aside count for no capacity, so removing them cannot bring
         // the fleet below the need: only the rest must cover it (no hysteresis band).
         let may_drain_set_aside = est.fresh && observed_window && current_cap >= need;
+        // A plan cheaper than the fleet as targeted, which already carries the need, is a swap
+        // to a cheaper mix rather than capacity the load needs: the replicas it starts wait
+        // until the plan has asked for them over a whole window, as the replicas it drops
+        // wait. At a lull of a few minutes in bursty traffic the forecast falls to nothing and
+        // the cheapest replica of all (one L40S) won the plan, to be stopped again when the
+        // traffic came back before the old fleet had even gone.
+        let current_cost: f64 = cands
+            .iter()
+            .zip(&current)
+            .map(|(c, &r)| c.price_per_hour * f64::from(r))
+            .sum();
+        let swap =
+            plan.cost_per_hour < current_cost && carried_rate(&cands, &roles, &current) >= need;
+        let asked_over_window = |i: usize, above: u32| {
+            self.history
+                .front()
+                .is_some_and(|(t, _)| now - t + self.cfg.interval_s >= self.cfg.scale_down_window_s)
+                && self
+                    .history
+                    .iter()
+                    .all(|(_, r)| r.get(i).copied().unwrap_or(0) > above)
+        };
         let mut targets: Vec<u32> = Vec::with_capacity(view.variants.len());
         for (i, v) in view.variants.iter().enumerate() {
             let planned = plan.replicas[i];
@@ -689,8 +714,10 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             } else {
                 may_shrink
             };
-            let target = if planned > v.target {
+            let target = if planned > v.target && (!swap || asked_over_window(i, v.target)) {
                 planned
+            } else if planned > v.target {
+                v.target
             } else if planned < v.target && shrink {
                 window_max.min(v.target)
             } else {
@@ -703,6 +730,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         if !to_zero {
             self.limit_scale_down(&cands, &roles, &current, &mut targets, now);
             pair_stages(view, &roles, &plan.replicas, &mut targets);
+            keep_ready_capacity(view, &cands, &roles, need, &mut targets);
         }
         // Never beyond a pool: shed replicas held above the plan first, then any above min.
         for (p, pool) in view.pools.iter().enumerate() {
@@ -769,6 +797,41 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             }
         }
         out
+    }
+}
+
+/// Replicas that go must leave the *ready* fleet carrying `need` (or what it carries now, if
+/// less): a swap's new replicas serve nothing until they are ready, so the ready replicas they
+/// replace stay until then. Gives replicas back to the variants scaled below their ready count,
+/// the fastest per replica first. (A swap to a cheaper mix starts a window after the plan
+/// first asks for it, just when the window would let the old replicas go.)
+fn keep_ready_capacity(
+    view: &ClusterView,
+    cands: &[Candidate],
+    roles: &[Role],
+    need: f64,
+    targets: &mut [u32],
+) {
+    let ready: Vec<u32> = view.variants.iter().map(|v| v.ready).collect();
+    let floor = need.min(carried_rate(cands, roles, &ready));
+    let staying =
+        |t: &[u32]| -> Vec<u32> { t.iter().zip(&ready).map(|(&t, &r)| t.min(r)).collect() };
+    while carried_rate(cands, roles, &staying(targets)) < floor {
+        let pick = (0..targets.len())
+            .filter(|&i| {
+                // An operator's lowered maximum wins over the capacity kept.
+                targets[i] < ready[i].min(view.variants[i].max_replicas)
+                    && cands[i].rate_per_replica > 0.0
+            })
+            .max_by(|&a, &b| {
+                cands[a]
+                    .rate_per_replica
+                    .total_cmp(&cands[b].rate_per_replica)
+            });
+        match pick {
+            Some(i) => targets[i] += 1,
+            None => break,
+        }
     }
 }
 

@@ -246,7 +246,7 @@ fn a_variant_that_has_not_served_inherits_the_derating_of_one_that_missed() {
     // the cheaper variant that has not served yet. Its probe has no evidence of its own, so it
     // is planned with the derating the engine model earned where it was seen: more replicas
     // than the same load would get from a fleet that meets its SLO.
-    let unproven_target = |ratio: f64| {
+    let unproven_target = |ratio: f64, decisions: usize| {
         let cfg = GoodputConfig {
             slo: Some(SLO),
             interval_s: INTERVAL_S,
@@ -255,7 +255,7 @@ fn a_variant_that_has_not_served_inherits_the_derating_of_one_that_missed() {
         let mut policy = GoodputPolicy::new(cfg, FixedCapacity(vec![PROBED, PROBED]));
         let mut view = two_variants(ratio);
         let mut target = 0;
-        for _ in 0..5 {
+        for _ in 0..decisions {
             for d in policy.decide(&view) {
                 if d.variant == 1 {
                     target = d.replicas;
@@ -265,9 +265,12 @@ fn a_variant_that_has_not_served_inherits_the_derating_of_one_that_missed() {
         }
         (target, policy.corrections()[0])
     };
-    let (calm, calm_correction) = unproven_target(0.3);
-    let (missing, derated) = unproven_target(1.5);
-    assert_eq!(calm_correction, 1.0);
+    // A calm fleet carries the load, so the cheaper mix waits a stabilisation window (step
+    // 6); a derated one no longer carries it, and the cheaper replicas start at once.
+    let (calm, calm_correction) = unproven_target(0.3, 12);
+    let (missing, derated) = unproven_target(1.5, 5);
+    // (Calm for a whole window under real load, its rating may be raised on evidence.)
+    assert!(calm_correction >= 1.0, "{calm_correction}");
     assert!(
         derated < 0.7,
         "five misses derate the serving variant: {derated}"

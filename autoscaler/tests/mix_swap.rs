@@ -12,7 +12,7 @@ mod views;
 
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
-use goodput_core::{Role, VariantLoad};
+use goodput_core::Role;
 use goodput_sim::policy::{ClusterView, PoolView, VariantView};
 
 const INTERVAL_S: f64 = 30.0;
@@ -69,14 +69,8 @@ fn run(
     for _ in 0..decisions {
         let ready: u32 = v.variants.iter().map(|x| x.ready).sum();
         for var in &mut v.variants {
-            var.load = (var.ready > 0).then(|| VariantLoad {
-                replicas_reporting: var.ready,
-                request_rate: rate * f64::from(var.ready) / f64::from(ready.max(1)),
-                mean_prompt_tokens: 1000.0,
-                mean_output_tokens: 200.0,
-                age_s: 10.0,
-                ..Default::default()
-            });
+            let share = rate * f64::from(var.ready) / f64::from(ready.max(1));
+            var.load = views::served(var.ready, share, 200.0);
         }
         out.push(views::decide_and_apply(policy, v, INTERVAL_S));
     }
@@ -139,14 +133,8 @@ fn the_replicas_a_swap_replaces_stay_until_their_replacements_are_ready() {
         let ready: u32 = v.variants.iter().map(|x| x.ready).sum();
         low = low.min(f64::from(ready) * 5.0);
         for var in &mut v.variants {
-            var.load = (var.ready > 0).then(|| VariantLoad {
-                replicas_reporting: var.ready,
-                request_rate: 12.0 * f64::from(var.ready) / f64::from(ready.max(1)),
-                mean_prompt_tokens: 1000.0,
-                mean_output_tokens: 200.0,
-                age_s: 10.0,
-                ..Default::default()
-            });
+            let share = 12.0 * f64::from(var.ready) / f64::from(ready.max(1));
+            var.load = views::served(var.ready, share, 200.0);
         }
         for d in p.decide(&v) {
             let var = &mut v.variants[d.variant];

@@ -9,7 +9,7 @@ mod views;
 
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
-use goodput_core::{Role, VariantLoad};
+use goodput_core::Role;
 use goodput_sim::policy::{ClusterView, PoolView, VariantView};
 
 const INTERVAL_S: f64 = 30.0;
@@ -54,14 +54,7 @@ fn run(
                 PREFILL => (pd_rate, 1.0),
                 _ => (pd_rate, 200.0),
             };
-            var.load = (var.ready > 0).then(|| VariantLoad {
-                replicas_reporting: var.ready,
-                request_rate: served,
-                mean_prompt_tokens: 1000.0,
-                mean_output_tokens: output,
-                age_s: 10.0,
-                ..Default::default()
-            });
+            var.load = views::served(var.ready, served, output);
         }
         out.push(views::decide_and_apply(policy, v, INTERVAL_S));
     }

@@ -6,7 +6,21 @@
 
 use goodput_autoscaler::capacity::CapacityModel;
 use goodput_autoscaler::goodput::GoodputPolicy;
+use goodput_core::VariantLoad;
 use goodput_sim::policy::ClusterView;
+
+/// What `replicas` ready replicas report serving `rate` req/s of 1000-token prompts with
+/// `output_tokens`-token answers, fresh (10 s old); none without replicas.
+pub fn served(replicas: u32, rate: f64, output_tokens: f64) -> Option<VariantLoad> {
+    (replicas > 0).then(|| VariantLoad {
+        replicas_reporting: replicas,
+        request_rate: rate,
+        mean_prompt_tokens: 1000.0,
+        mean_output_tokens: output_tokens,
+        age_s: 10.0,
+        ..Default::default()
+    })
+}
 
 /// One decision on `view`, applied; then the clock moves on by `interval_s`. Returns the
 /// targets of every variant after it.

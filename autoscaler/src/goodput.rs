@@ -684,13 +684,19 @@ impl<C: CapacityModel> GoodputPolicy<C> {
         // wait. At a lull of a few minutes in bursty traffic the forecast falls to nothing and
         // the cheapest replica of all (one L40S) won the plan, to be stopped again when the
         // traffic came back before the old fleet had even gone.
-        let current_cost: f64 = cands
+        // The fleet as targeted, within each variant's bounds now (an operator who lowers a
+        // maximum takes those replicas away at once, and what replaces them cannot wait).
+        let kept: Vec<u32> = view
+            .variants
             .iter()
-            .zip(&current)
+            .map(|v| v.target.min(v.max_replicas))
+            .collect();
+        let kept_cost: f64 = cands
+            .iter()
+            .zip(&kept)
             .map(|(c, &r)| c.price_per_hour * f64::from(r))
             .sum();
-        let swap =
-            plan.cost_per_hour < current_cost && carried_rate(&cands, &roles, &current) >= need;
+        let swap = plan.cost_per_hour < kept_cost && carried_rate(&cands, &roles, &kept) >= need;
         let asked_over_window = |i: usize, above: u32| {
             self.history
                 .front()

@@ -1,8 +1,8 @@
 //! goodput's policy moving a model to a cheaper mix: while the fleet running carries the
 //! forecast, the replicas of the cheaper mix start only once the plan has asked for them over a
 //! whole stabilisation window, as the replicas it drops wait that long; when the fleet running
-//! falls short they start at once; and the replicas it replaces stay until their replacements
-//! are ready. Decisions are applied at once (replicas ready the moment they are asked for),
+//! falls short they start at once (replicas an operator's lowered maximum takes away
+//! included); and the replicas it replaces stay until their replacements are ready. Decisions are applied at once (replicas ready the moment they are asked for),
 //! except in the last test, which models the start-up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -164,4 +164,32 @@ fn the_replicas_a_swap_replaces_stay_until_their_replacements_are_ready() {
     );
     assert_eq!(v.variants[RUNNING].target, 0, "the swap completes");
     assert!(v.variants[CHEAPER].ready >= 3);
+}
+
+#[test]
+fn replicas_a_lowered_maximum_takes_away_are_replaced_at_once() {
+    // The running variant at $4 for 5 req/s, the other at $7.5 for 10: at 22 req/s the plan
+    // stays on five running replicas (a mix with the other would save $1/h, far from what
+    // starting it costs). The operator then lowers the running variant's maximum to one: the
+    // plan, one running and two of the other, is cheaper than the five replicas targeted, but
+    // the one replica left cannot carry the load, so the other's replicas start at once.
+    let (_, mut v) = fleet(5);
+    let mut p = GoodputPolicy::new(
+        GoodputConfig {
+            interval_s: INTERVAL_S,
+            ..GoodputConfig::default()
+        },
+        FixedCapacity(vec![5.0, 10.0]),
+    );
+    v.variants[CHEAPER].price_per_hour = 7.5;
+    let window = (GoodputConfig::default().scale_down_window_s / INTERVAL_S).round() as usize;
+    let before = run(&mut p, &mut v, 22.0, 2 * window);
+    assert_eq!(before.last().unwrap(), &vec![5, 0], "{before:?}");
+    v.variants[RUNNING].max_replicas = 1;
+    let after = run(&mut p, &mut v, 22.0, 1);
+    assert_eq!(after[0][RUNNING], 1, "{after:?}");
+    assert!(
+        f64::from(after[0][RUNNING]) * 5.0 + f64::from(after[0][CHEAPER]) * 10.0 >= 22.0,
+        "the first decision after the change carries the load: {after:?}"
+    );
 }

@@ -2,8 +2,9 @@
 //! forecast, the replicas of the cheaper mix start only once the plan has asked for them over a
 //! whole stabilisation window, as the replicas it drops wait that long; when the fleet running
 //! falls short they start at once (replicas an operator's lowered maximum takes away
-//! included); and the replicas it replaces stay until their replacements are ready. Decisions are applied at once (replicas ready the moment they are asked for),
-//! except in the last test, which models the start-up.
+//! included); and the replicas it replaces stay until their replacements are ready. Decisions
+//! are applied at once (replicas ready the moment they are asked for), except in the test
+//! that models the start-up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -14,7 +14,7 @@ mod views;
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
 use goodput_core::Role;
-use goodput_sim::policy::{ClusterView, PoolView, VariantView};
+use goodput_sim::policy::{ClusterView, PoolView};
 
 const INTERVAL_S: f64 = 30.0;
 const RUNNING: usize = 0;
@@ -29,19 +29,8 @@ fn fleet(running: u32) -> (GoodputPolicy<FixedCapacity>, ClusterView) {
         },
         FixedCapacity(vec![5.0, 5.0]),
     );
-    let variant = |name: &str, price: f64, replicas: u32| VariantView {
-        name: name.into(),
-        accelerator: name.into(),
-        tp: 1,
-        role: Role::Unified,
-        price_per_hour: price,
-        min_replicas: 0,
-        max_replicas: 16,
-        target: replicas,
-        ready: replicas,
-        starting: 0,
-        draining: 0,
-        load: None,
+    let variant = |name: &str, price: f64, replicas: u32| {
+        views::variant(name, name, Role::Unified, price, replicas, 16)
     };
     let pool = |name: &str| PoolView {
         accelerator: name.into(),
@@ -66,16 +55,16 @@ fn run(
     rate: f64,
     decisions: usize,
 ) -> Vec<Vec<u32>> {
-    let mut out = Vec::new();
-    for _ in 0..decisions {
-        let ready: u32 = v.variants.iter().map(|x| x.ready).sum();
-        for var in &mut v.variants {
-            let share = rate * f64::from(var.ready) / f64::from(ready.max(1));
-            var.load = views::served(var.ready, share, 200.0);
-        }
-        out.push(views::decide_and_apply(policy, v, INTERVAL_S));
+    views::run_decisions(policy, v, INTERVAL_S, decisions, |v| spread(v, rate))
+}
+
+/// `rate` req/s spread over the ready replicas, as each variant reports it.
+fn spread(v: &mut ClusterView, rate: f64) {
+    let ready: u32 = v.variants.iter().map(|x| x.ready).sum();
+    for var in &mut v.variants {
+        let share = rate * f64::from(var.ready) / f64::from(ready.max(1));
+        var.load = views::served(var.ready, share, 200.0);
     }
-    out
 }
 
 #[test]
@@ -133,10 +122,7 @@ fn the_replicas_a_swap_replaces_stay_until_their_replacements_are_ready() {
         starting.retain(|&(_, at)| at > k);
         let ready: u32 = v.variants.iter().map(|x| x.ready).sum();
         low = low.min(f64::from(ready) * 5.0);
-        for var in &mut v.variants {
-            let share = 12.0 * f64::from(var.ready) / f64::from(ready.max(1));
-            var.load = views::served(var.ready, share, 200.0);
-        }
+        spread(&mut v, 12.0);
         for d in p.decide(&v) {
             let var = &mut v.variants[d.variant];
             if d.replicas > var.target {

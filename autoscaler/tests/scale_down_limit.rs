@@ -10,26 +10,13 @@ mod views;
 
 use goodput_autoscaler::capacity::FixedCapacity;
 use goodput_autoscaler::goodput::{GoodputConfig, GoodputPolicy};
-use goodput_core::{Role, VariantLoad};
+use goodput_core::Role;
 use goodput_sim::policy::{ClusterView, PoolView, VariantView};
 
 const INTERVAL_S: f64 = 30.0;
 
 fn variant(name: &str, role: Role, replicas: u32, max_replicas: u32) -> VariantView {
-    VariantView {
-        name: name.into(),
-        accelerator: "h100".into(),
-        tp: 1,
-        role,
-        price_per_hour: 4.0,
-        min_replicas: 0,
-        max_replicas,
-        target: replicas,
-        ready: replicas,
-        starting: 0,
-        draining: 0,
-        load: None,
-    }
+    views::variant(name, "h100", role, 4.0, replicas, max_replicas)
 }
 
 fn view(variants: Vec<VariantView>) -> ClusterView {
@@ -46,18 +33,6 @@ fn view(variants: Vec<VariantView>) -> ClusterView {
     }
 }
 
-/// What a variant with `replicas` reports serving `rate` req/s, well inside any SLO.
-fn load(replicas: u32, rate: f64, output_tokens: f64) -> VariantLoad {
-    VariantLoad {
-        replicas_reporting: replicas,
-        request_rate: rate,
-        mean_prompt_tokens: 1000.0,
-        mean_output_tokens: output_tokens,
-        age_s: 10.0,
-        ..Default::default()
-    }
-}
-
 /// Runs `decisions` decisions at `rate` req/s, applying each; returns the replicas of every
 /// variant after each decision.
 fn run(
@@ -66,19 +41,16 @@ fn run(
     rate: f64,
     decisions: usize,
 ) -> Vec<Vec<u32>> {
-    let mut out = Vec::new();
-    for _ in 0..decisions {
+    views::run_decisions(policy, v, INTERVAL_S, decisions, |v| {
         for var in &mut v.variants {
             let out_tokens = if var.role == Role::Prefill {
                 1.0
             } else {
                 200.0
             };
-            var.load = Some(load(var.ready, rate, out_tokens));
+            var.load = Some(views::load(var.ready, rate, out_tokens));
         }
-        out.push(views::decide_and_apply(policy, v, INTERVAL_S));
-    }
-    out
+    })
 }
 
 /// Checks that each decision in `after` (from the `window`-th on) kept column `col` at or above

@@ -18,20 +18,7 @@ const PREFILL: usize = 1;
 const DECODE: usize = 2;
 
 fn variant(name: &str, role: Role, price: f64, replicas: u32) -> VariantView {
-    VariantView {
-        name: name.into(),
-        accelerator: "h100".into(),
-        tp: 1,
-        role,
-        price_per_hour: price,
-        min_replicas: 0,
-        max_replicas: 16,
-        target: replicas,
-        ready: replicas,
-        starting: 0,
-        draining: 0,
-        load: None,
-    }
+    views::variant(name, "h100", role, price, replicas, 16)
 }
 
 /// Runs `decisions` decisions at `rate` req/s, applying each. The router splits arrivals
@@ -43,8 +30,7 @@ fn run(
     rate: f64,
     decisions: usize,
 ) -> Vec<Vec<u32>> {
-    let mut out = Vec::new();
-    for _ in 0..decisions {
+    views::run_decisions(policy, v, INTERVAL_S, decisions, |v| {
         let entries = f64::from(v.variants[UNIFIED].ready + v.variants[PREFILL].ready).max(1.0);
         let share = |n: u32| rate * f64::from(n) / entries;
         let pd_rate = share(v.variants[PREFILL].ready);
@@ -56,9 +42,7 @@ fn run(
             };
             var.load = views::served(var.ready, served, output);
         }
-        out.push(views::decide_and_apply(policy, v, INTERVAL_S));
-    }
-    out
+    })
 }
 
 #[test]

@@ -13,6 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use goodput_core::catalog::Catalog;
@@ -29,6 +30,35 @@ const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn free_port() -> u16 {
     envoy::free_port().unwrap()
+}
+
+/// A loopback port for a server that the test starts only later. A port from [`free_port`]
+/// comes from the kernel's ephemeral range, where outgoing connections take their local ports
+/// too: one took such a port before the late server bound it (`AddrInUse`, seen once on a CI
+/// run). Below that range only a listener binds a port, so the port stays free until the test
+/// binds it (each call in this process gets another one).
+fn port_for_later() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_start.saturating_sub(LOWEST);
+    assert!(
+        span > 0,
+        "no ports below the ephemeral range ({ephemeral_start})"
+    );
+    // Another test binary may run beside this one: start at a place of this process's own.
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(LOWEST + offset).unwrap();
+        if std::net::TcpListener::bind((LOCAL, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_start}");
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -499,7 +529,7 @@ async fn reliability_malformed_bodies_shedding_predictor_down_and_no_endpoint() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn endpoint_dying_mid_stream_and_stale_metrics() {
     let doomed = servers("h100", 1).await;
-    let spare_port = free_port();
+    let spare_port = port_for_later();
     let list = format!("{}, 127.0.0.1:{spare_port}", doomed.addrs[0]);
     let sched = start_scheduler(list, "goodput").await;
     sched.wait_ready(1).await;
@@ -640,7 +670,7 @@ async fn long_uncached_prompts_are_split_onto_a_prefill_server() {
 /// up; past the hold time it gets the 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_waits_for_a_replica_to_come_up() {
-    let port = free_port(); // the replica that is not there yet
+    let port = port_for_later(); // the replica that is not there yet
     let list = format!("127.0.0.1:{port} accelerator=h100");
     let sched = start_scheduler_holding(list, "goodput", Duration::from_secs(30)).await;
     let envoy = start_envoy(sched.port, Mode::FullDuplex).await;

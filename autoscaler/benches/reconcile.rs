@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use goodput_autoscaler::controller::pool_share::PoolHoldings;
 use goodput_autoscaler::controller::reconcile::{Reconciler, ScaleState, Snapshot};
 use goodput_autoscaler::controller::run::{RunConfig, run};
 use goodput_autoscaler::controller::shared_capacity::CapacityCache;
@@ -92,6 +93,8 @@ struct World {
     obs: Vec<Observation>,
     names: Vec<String>,
     current: Vec<Option<ScaleState>>,
+    /// Every object, sharing the pools: each pass adds up what the others hold.
+    others: BTreeMap<String, PoolHoldings>,
 }
 
 fn pass(r: &mut Reconciler, w: &World, t: i64) -> u32 {
@@ -108,6 +111,7 @@ fn pass(r: &mut Reconciler, w: &World, t: i64) -> u32 {
             gateway_waiting: None,
             previous: None,
             now: Timestamp::from_second(1_800_000_000 + t).unwrap(),
+            others: &w.others,
         });
         total += out.status.desired_replicas;
     }
@@ -123,6 +127,9 @@ fn reconcile_pass(c: &mut Criterion) {
         obs: (0..OBJECTS).map(observation).collect(),
         names: (0..OBJECTS).map(|i| format!("m{i}")).collect(),
         current: vec![Some(ScaleState { spec: 1, status: 1 }); POOLS.len()],
+        others: (0..OBJECTS)
+            .map(|i| (format!("bench/m{i}"), PoolHoldings::new()))
+            .collect(),
     };
     let cache = CapacityCache::default();
     let mut r = Reconciler::new(Catalog::builtin(), cache.clone());

@@ -196,6 +196,8 @@ impl<Q: PromQuery> Advisor<Q> {
             gateway_waiting,
             previous: self.previous.as_ref(),
             now,
+            // One model: no other holds devices in its pools.
+            others: &BTreeMap::new(),
         });
         drop(decide);
         let took = started.elapsed();
@@ -209,14 +211,10 @@ impl<Q: PromQuery> Advisor<Q> {
                 self.config.spec.slo.itl.target_ms / 1e3,
             );
             m.record(&self.config.namespace, &self.config.spec.model, slo, &out);
-            for (name, pool) in &self.config.pools {
-                let used: u32 = out
-                    .desired
-                    .iter()
-                    .filter(|d| &d.pool == name)
-                    .map(|d| d.replicas * d.devices_per_replica)
-                    .sum();
-                m.pool(name, &pool.accelerator_type, pool.devices, used);
+            for (name, used) in &out.pool_devices_used {
+                if let Some(pool) = self.config.pools.get(name) {
+                    m.pool(name, &pool.accelerator_type, pool.devices, *used);
+                }
             }
         }
         self.previous = Some(out.status.clone());

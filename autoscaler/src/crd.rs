@@ -486,7 +486,8 @@ pub struct AcceleratorPoolSpec {
     /// Accelerator id in goodput's catalog (h100, a100, l40s, tpu-v5e, ...).
     #[schemars(length(min = 1, max = 63))]
     pub accelerator_type: String,
-    /// Devices the pool can offer at most.
+    /// Devices the pool can offer at most, shared by every ModelAutoscaler whose variants name
+    /// it (each model is planned within what the others hold).
     pub devices: u32,
     /// USD per device-hour; the catalog's list price when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -243,7 +243,7 @@ impl ControllerMetrics {
         );
         r.register(
             "pool_devices_used",
-            "Devices the desired replicas take from a pool",
+            "Devices a pool's replicas hold, over every model that uses it (per variant the larger of its current and desired replicas)",
             m.pool_devices_used.clone(),
         );
         // Every reason starts at 0, so that rate() and alerts see a series before the first error.
@@ -366,7 +366,7 @@ impl ControllerMetrics {
         }
     }
 
-    /// Sets a pool's capacity and the devices the desired replicas take from it.
+    /// Sets a pool's capacity and the devices held in it by every model that uses it.
     pub fn pool(&self, pool: &str, accelerator: &str, capacity: u32, used: u32) {
         let l = PoolLabels {
             pool: pool.into(),

@@ -190,6 +190,9 @@ pub struct GoodputPolicy<C: CapacityModel> {
     observed: Vec<bool>,
     /// When a request was last seen (served, running, or waiting at the gateway).
     last_demand_s: Option<f64>,
+    /// Whether the last plan found the pools too small for the forecast (None before the
+    /// first plan).
+    capacity_limited: Option<bool>,
 }
 
 /// Most doublings of `GoodputConfig::set_aside_s` for a variant set aside again and again.
@@ -222,6 +225,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             set_aside_count: Vec::new(),
             observed: Vec::new(),
             last_demand_s: None,
+            capacity_limited: None,
         }
     }
 
@@ -285,6 +289,12 @@ impl<C: CapacityModel> GoodputPolicy<C> {
     /// the first decision.
     pub fn corrections(&self) -> &[f64] {
         &self.correction
+    }
+
+    /// Whether the last plan found the pools too small to carry the forecast, whether or not
+    /// it changed any replica count (None before the first plan).
+    pub fn capacity_limited(&self) -> Option<bool> {
+        self.capacity_limited
     }
 
     /// Holds back a scale-down that would take more than
@@ -592,6 +602,7 @@ impl<C: CapacityModel> GoodputPolicy<C> {
             Some(switch),
             |c, p, d| optimise_comparable(c, p, d, speeds, switch),
         );
+        self.capacity_limited = Some(plan.capacity_limited);
         // What scale-down may go to: the plan with more replicas of the variants it uses until
         // it carries the need plus the hysteresis band, so that a fleet just shrunk still has
         // the band's headroom and the next uptick in the noise does not scale it straight back

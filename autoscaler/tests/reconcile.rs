@@ -315,6 +315,34 @@ async fn the_controller_reconciles_against_the_api_wire_format() {
         fake.requests()
     );
 
+    // 3b. Both models draw on l40s-pool: the pool's gauge counts what each holds (per variant
+    // the larger of current and desired replicas), not only the model decided last.
+    let holds = |name: &str| -> u64 {
+        let ma = fake.get(MAS, "llm", name).unwrap();
+        let v = &ma["status"]["variants"][0];
+        let current = v["currentReplicas"].as_u64().unwrap_or(0);
+        current.max(v["desiredReplicas"].as_u64().unwrap_or(0))
+    };
+    let gauge = "goodput_pool_devices_used{pool=\"l40s-pool\",accelerator=\"l40s\"} ";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = get_text(&http, &format!("{base}/metrics")).await;
+        let used: Option<f64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix(gauge))
+            .and_then(|v| v.trim().parse().ok());
+        let both = holds("llama") + holds("watched");
+        // "watched" holds 5 (its target was scaled to 5 above), so one model alone is less.
+        if used == Some(both as f64) && both > 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool gauge {used:?}, the two models hold {both}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // 4. Ten times the load: the decision rises and /scale is patched with a merge patch.
     light.abort();
     let heavy = load(12.0, 600.0, servers.urls(), 2);

@@ -4,6 +4,7 @@
 //!
 //! - [`reconcile`]: the decision without I/O (spec + pools + metrics + current replicas ->
 //!   status, desired replicas, Events, `/scale` patches), on the existing engine.
+//! - [`pool_share`]: what each model holds in the AcceleratorPools it shares with others.
 //! - [`shared_capacity`]: one capacity-probe cache for every object in the cluster.
 //! - [`latency`]: predicted TTFT/ITL for the status.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -13,6 +14,7 @@
 pub mod http;
 pub mod latency;
 pub mod leader;
+pub mod pool_share;
 pub mod reconcile;
 pub mod run;
 pub mod shared_capacity;

@@ -4,7 +4,9 @@
 //! The decision is the existing engine's ([`GoodputPolicy`]); this module only feeds it a
 //! `ClusterView` built from the custom resources and the PromQL observation, and shapes what it
 //! says into the status, Events and `/scale` patches. It keeps per-object state between calls
-//! (the policy's forecaster and scale-down window), rebuilt when the spec or its pools change.
+//! (the policy's forecaster and scale-down window), rebuilt when the spec or its pools change,
+//! and what each object holds in the pools it shares with other models ([`super::pool_share`]):
+//! a model is planned within the devices the others leave.
 //!
 //! Failure behaviour: Prometheus down -> the last decision is held (no call into the policy),
 //! `MetricsAvailable=False` with the error, one Warning Event on the transition. Invalid spec ->
@@ -21,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::latency::predict;
+use super::pool_share::{self, PoolHoldings};
 use super::shared_capacity::{CapacityCache, SharedCapacity};
 use crate::capacity::{CapacityModel, LoadShape};
 use crate::crd::{
@@ -59,6 +62,10 @@ pub struct Snapshot<'a> {
     pub gateway_waiting: Option<u32>,
     pub previous: Option<&'a ModelAutoscalerStatus>,
     pub now: Timestamp,
+    /// Every ModelAutoscaler the controller sees (`namespace/name`; this one may be among
+    /// them), with the devices its status says it holds per pool. The reconciler's own record
+    /// of its decisions replaces the status where it has one.
+    pub others: &'a BTreeMap<String, PoolHoldings>,
 }
 
 /// A Kubernetes Event to publish about the ModelAutoscaler.
@@ -107,6 +114,9 @@ pub struct Outcome {
     pub capacity_limited: bool,
     pub arrival_rate: f64,
     pub forecast_rate: f64,
+    /// Devices held in each pool the spec uses, by every model the controller sees (this
+    /// one's decision included); empty when the spec is invalid.
+    pub pool_devices_used: PoolHoldings,
 }
 
 /// Per-object state between reconciles.
@@ -124,6 +134,8 @@ struct ModelState {
     last_forecast: Option<Forecast>,
     last_desired: Option<Vec<u32>>,
     last_shape: Option<LoadShape>,
+    /// What the last decision holds in the pools (None before the first).
+    holdings: Option<PoolHoldings>,
 }
 
 /// Runs reconciles for every ModelAutoscaler; holds their engines.
@@ -175,10 +187,44 @@ impl Reconciler {
                 }
             }
         }
+        let held_elsewhere = self.held_elsewhere(&k, &spec_pools(snap.spec), snap.others);
         match self.states.get_mut(&k) {
-            Some(state) => decide(state, snap),
+            Some(state) => decide(state, snap, &held_elsewhere),
             None => invalid(snap, "internal: no engine state".into()),
         }
+    }
+
+    /// Devices held in `pools` by the existing objects other than `me`: for each, the larger of
+    /// what this reconciler last decided for it and what its status says. The decision is newer
+    /// than the status until the status write reaches the watch cache; the status is newer when
+    /// a target was scaled between decisions (its current replicas refreshed without a
+    /// decision). Counting the larger never plans into devices another model may still hold.
+    /// Only the pools asked about are summed: a pass over n objects costs n x pools lookups
+    /// per object, without allocating.
+    fn held_elsewhere(
+        &self,
+        me: &str,
+        pools: &[&String],
+        others: &BTreeMap<String, PoolHoldings>,
+    ) -> PoolHoldings {
+        let mut held = vec![0u32; pools.len()];
+        for (key, from_status) in others {
+            if key == me {
+                continue;
+            }
+            let decided = self.states.get(key).and_then(|s| s.holdings.as_ref());
+            for (slot, pool) in held.iter_mut().zip(pools) {
+                let by_status = from_status.get(*pool).copied().unwrap_or(0);
+                let by_decision = decided.and_then(|h| h.get(*pool)).copied().unwrap_or(0);
+                *slot = slot.saturating_add(by_status.max(by_decision));
+            }
+        }
+        pools
+            .iter()
+            .zip(held)
+            .filter(|(_, devices)| *devices > 0)
+            .map(|(pool, devices)| ((*pool).clone(), devices))
+            .collect()
     }
 
     fn build(&self, snap: &Snapshot<'_>, fingerprint: String) -> Result<ModelState, String> {
@@ -207,6 +253,7 @@ impl Reconciler {
             last_forecast: None,
             last_desired: None,
             last_shape: None,
+            holdings: None,
         })
     }
 }
@@ -317,10 +364,11 @@ fn invalid(snap: &Snapshot<'_>, message: String) -> Outcome {
         capacity_limited: was_true(prev, "CapacityLimited").unwrap_or(false),
         arrival_rate: prev.and_then(|p| p.load).map_or(0.0, |l| l.arrival_rate),
         forecast_rate: prev.and_then(|p| p.load).map_or(0.0, |l| l.forecast_rate),
+        pool_devices_used: PoolHoldings::new(),
     }
 }
 
-fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
+fn decide(state: &mut ModelState, snap: &Snapshot<'_>, held_elsewhere: &PoolHoldings) -> Outcome {
     let spec = snap.spec;
     let n = spec.variants.len();
     let now_s = unix_seconds(snap.now);
@@ -360,6 +408,29 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
             .collect(),
         Err(_) => vec![None; n],
     };
+    // What other models hold in the AcceleratorPools behind each of the engine's pools (pools
+    // of one accelerator type are one pool to the engine, their devices added).
+    let held_by_pool: Vec<u32> = state
+        .setup
+        .scenario
+        .pools
+        .iter()
+        .map(|p| {
+            let mut names: Vec<&String> = state
+                .setup
+                .accelerators
+                .iter()
+                .filter(|(a, _)| *a == p.accelerator)
+                .map(|(_, name)| name)
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .filter_map(|name| held_elsewhere.get(name).copied())
+                .fold(0, u32::saturating_add)
+        })
+        .collect();
     let view = ClusterView {
         now_s,
         variants: spec
@@ -390,9 +461,10 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
             .scenario
             .pools
             .iter()
-            .map(|p| PoolView {
+            .zip(&held_by_pool)
+            .map(|(p, &held)| PoolView {
                 accelerator: p.accelerator.clone(),
-                capacity: p.capacity,
+                capacity: p.capacity.saturating_sub(held),
                 in_use: spec
                     .variants
                     .iter()
@@ -496,8 +568,14 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
                     reasons[d.variant] = d.reason;
                 }
             }
-            let limited =
-                limited.unwrap_or_else(|| was_true(prev, "CapacityLimited").unwrap_or(false));
+            // The policy's own record covers a plan that changed nothing (a pool other models
+            // filled before this one's first decision); the decisions' reasons, and failing
+            // both the previous condition, the rest.
+            let limited = state
+                .policy
+                .capacity_limited()
+                .or(limited)
+                .unwrap_or_else(|| was_true(prev, "CapacityLimited").unwrap_or(false));
             if fresh {
                 set_condition(
                     &mut conds,
@@ -540,7 +618,19 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
             "WithinCapacity"
         },
         if capacity_limited {
-            "the accelerator pools cannot carry the forecast load".into()
+            let mut m = "the accelerator pools cannot carry the forecast load".to_string();
+            let shared: Vec<String> = spec_pools(spec)
+                .into_iter()
+                .filter_map(|name| {
+                    let held = held_elsewhere.get(name).copied().filter(|&h| h > 0)?;
+                    let devices = snap.pools.get(name).map_or(0, |p| p.devices);
+                    Some(format!("{held} of pool {name}'s {devices} devices"))
+                })
+                .collect();
+            if !shared.is_empty() {
+                m.push_str(&format!("; other models hold {}", shared.join(", ")));
+            }
+            m
         } else {
             "the pools carry the forecast load".into()
         },
@@ -717,6 +807,14 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         },
     };
     state.last_desired = Some(desired);
+    let own = pool_share::holdings_of(&out);
+    let mut pool_devices_used = PoolHoldings::new();
+    for name in spec_pools(spec) {
+        let held = held_elsewhere.get(name).copied().unwrap_or(0);
+        let mine = own.get(name).copied().unwrap_or(0);
+        pool_devices_used.insert(name.clone(), held.saturating_add(mine));
+    }
+    state.holdings = Some(own);
     Outcome {
         status,
         desired: out,
@@ -729,7 +827,16 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>) -> Outcome {
         capacity_limited,
         arrival_rate: arrival,
         forecast_rate: forecast,
+        pool_devices_used,
     }
+}
+
+/// The AcceleratorPools a spec's variants name, each once.
+fn spec_pools(spec: &ModelAutoscalerSpec) -> Vec<&String> {
+    let mut names: Vec<&String> = spec.variants.iter().map(|v| &v.pool).collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn round3(x: f64) -> f64 {
@@ -818,6 +925,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
             gateway_waiting: None,
             previous: None,
             now: at(0),
+            others: &BTreeMap::new(),
         };
         let a = r.reconcile(&snap);
         assert_eq!(a.status.observed_generation, Some(1));
@@ -903,6 +1011,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
             gateway_waiting: None,
             previous: None,
             now: at(0),
+            others: &BTreeMap::new(),
         });
         assert_eq!(out.error, Some(ErrorReason::InvalidSpec));
         assert!(out.desired.is_empty() && out.patches.is_empty());
@@ -919,6 +1028,150 @@ policy: { actuation: scale, intervalSeconds: 30 }
                 .any(|e| e.warning && e.reason == "InvalidSpec")
         );
         assert_eq!(out.status.observed_generation, Some(3));
+    }
+
+    /// One H100 variant of Llama-3.1-8B (min 0) on the pool `h100`.
+    fn one_variant_spec() -> ModelAutoscalerSpec {
+        serde_saphyr::from_str(
+            r#"
+model: llama-3.1-8b
+slo: { ttft: { targetMs: 1000 }, itl: { targetMs: 60 } }
+variants:
+  - { name: h100, pool: h100, scaleTargetRef: { name: x }, minReplicas: 0, maxReplicas: 16 }
+policy: { actuation: scale, intervalSeconds: 30 }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn h100_load(rate: f64) -> Observation {
+        let load = VariantLoad {
+            replicas_reporting: 1,
+            request_rate: rate,
+            mean_prompt_tokens: 1000.0,
+            mean_output_tokens: 200.0,
+            age_s: 5.0,
+            ..Default::default()
+        };
+        [(vec!["h100".to_string()], load)].into_iter().collect()
+    }
+
+    fn six_h100s() -> BTreeMap<String, AcceleratorPoolSpec> {
+        let mut pools = pools();
+        pools.retain(|name, _| name == "h100");
+        if let Some(p) = pools.get_mut("h100") {
+            p.devices = 6;
+        }
+        pools
+    }
+
+    #[test]
+    fn models_sharing_a_pool_stay_within_its_devices_and_take_what_another_releases() {
+        let mut r = Reconciler::new(Catalog::builtin(), CapacityCache::default());
+        let spec = one_variant_spec();
+        let pools = six_h100s();
+        let others: BTreeMap<String, PoolHoldings> = ["llm/a", "llm/b"]
+            .into_iter()
+            .map(|k| (k.to_string(), PoolHoldings::new()))
+            .collect();
+        // Each workload runs what was last decided for it (replicas ready at once); b's
+        // starts empty (a workload already running before its first decision is known to no
+        // other model until that decision).
+        let mut running = [1u32, 0u32];
+        let mut previous: [Option<ModelAutoscalerStatus>; 2] = [None, None];
+        let mut b_got_devices_back = false;
+        for step in 0..60i64 {
+            // Model a is busy for ten minutes, then nearly idle; model b is busy throughout.
+            let rates = [if step < 20 { 60.0 } else { 0.6 }, 60.0];
+            for (m, name) in ["a", "b"].into_iter().enumerate() {
+                let o = h100_load(rates[m]);
+                let cur = [Some(ScaleState {
+                    spec: running[m],
+                    status: running[m],
+                })];
+                let out = r.reconcile(&Snapshot {
+                    namespace: "llm",
+                    name,
+                    generation: Some(1),
+                    spec: &spec,
+                    pools: &pools,
+                    current: &cur,
+                    metrics: Ok(&o),
+                    gateway_waiting: None,
+                    previous: previous[m].as_ref(),
+                    now: at(step * 30),
+                    others: &others,
+                });
+                running[m] = out.desired[0].replicas;
+                let used = out.pool_devices_used.get("h100").copied().unwrap_or(0);
+                assert!(
+                    used <= 6,
+                    "step {step}, model {name}: {used} devices of 6 held"
+                );
+                assert!(
+                    running[0] + running[1] <= 6,
+                    "step {step}: a {} + b {} replicas on 6 devices",
+                    running[0],
+                    running[1]
+                );
+                if step == 10 && m == 1 {
+                    // Both want more than the pool: b, second, is limited and told by whom.
+                    assert!(out.capacity_limited);
+                    let c = cond(&out.status, "CapacityLimited");
+                    assert!(
+                        c.message.contains("other models hold") && c.message.contains("h100"),
+                        "{}",
+                        c.message
+                    );
+                }
+                if step >= 40 && m == 1 && running[1] >= 4 {
+                    b_got_devices_back = true;
+                }
+                previous[m] = Some(out.status);
+            }
+        }
+        assert!(
+            b_got_devices_back,
+            "b never took the devices a released: a {}, b {}",
+            running[0], running[1]
+        );
+    }
+
+    #[test]
+    fn a_status_from_before_a_restart_counts_and_a_deleted_model_does_not() {
+        let spec = one_variant_spec();
+        let pools = six_h100s();
+        let o = h100_load(60.0);
+        let cur = [Some(ScaleState { spec: 1, status: 1 })];
+        let decide_b = |r: &mut Reconciler, others: &BTreeMap<String, PoolHoldings>| {
+            r.reconcile(&Snapshot {
+                namespace: "llm",
+                name: "b",
+                generation: Some(1),
+                spec: &spec,
+                pools: &pools,
+                current: &cur,
+                metrics: Ok(&o),
+                gateway_waiting: None,
+                previous: None,
+                now: at(0),
+                others,
+            })
+            .desired[0]
+                .replicas
+        };
+        // A fresh reconciler (a restarted controller) learns from a's status that it holds 5.
+        let from_status: BTreeMap<String, PoolHoldings> = [(
+            "llm/a".to_string(),
+            [("h100".to_string(), 5)].into_iter().collect(),
+        )]
+        .into_iter()
+        .collect();
+        let mut r = Reconciler::new(Catalog::builtin(), CapacityCache::default());
+        assert_eq!(decide_b(&mut r, &from_status), 1);
+        // Once a is gone from the cluster, what it held is free again.
+        let mut r = Reconciler::new(Catalog::builtin(), CapacityCache::default());
+        assert_eq!(decide_b(&mut r, &BTreeMap::new()), 6);
     }
 
     proptest::proptest! {
@@ -965,6 +1218,7 @@ policy: { actuation: scale, intervalSeconds: 30 }
                 gateway_waiting: None,
                 previous: None,
                 now: at(0),
+                others: &BTreeMap::new(),
             });
             match out.error {
                 Some(ErrorReason::InvalidSpec) => proptest::prop_assert!(out.desired.is_empty()),

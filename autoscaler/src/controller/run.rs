@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use super::http::{HttpState, router};
 use super::leader::LeaseLock;
+use super::pool_share::{PoolHoldings, holdings_from_status};
 use super::reconcile::{Desired, Reconciler, ScaleState, Snapshot};
 use super::shared_capacity::CapacityCache;
 use crate::actuation::{DesiredKey, DesiredStore, keda::KedaScaler, scale};
@@ -115,6 +116,9 @@ pub struct Context {
     pub controller_name: String,
     /// Per object: (last pass, generation, pools fingerprint).
     last: Mutex<HashMap<String, LastPass>>,
+    /// The Controller's cache of every ModelAutoscaler it watches: what the other models hold
+    /// in shared pools (set when the Controller starts).
+    autoscalers: OnceLock<Store<ModelAutoscaler>>,
 }
 
 impl Context {
@@ -145,6 +149,7 @@ impl Context {
             store,
             controller_name: controller_name.into(),
             last: Mutex::new(HashMap::new()),
+            autoscalers: OnceLock::new(),
         }
     }
 }
@@ -266,6 +271,7 @@ pub async fn reconcile(
         .map_err(|e| e.to_string());
     let gateway_waiting = gateway_demand(&ctx.prom, &ma.spec).await;
     let prometheus_time = metrics_started.elapsed();
+    let others = other_holdings(&ctx).await;
 
     // The decision may probe the engine model (CPU-bound, cached): off the async workers.
     let reconciler = ctx.reconciler.clone();
@@ -288,6 +294,7 @@ pub async fn reconcile(
             gateway_waiting,
             previous: previous.as_ref(),
             now: Timestamp::now(),
+            others: &others,
         };
         reconciler
             .lock()
@@ -372,15 +379,11 @@ pub async fn reconcile(
     );
     ctx.metrics
         .record(&namespace, &ma.spec.model, slo, &outcome);
-    for (pool_name, pool) in &pools {
-        let used: u32 = outcome
-            .desired
-            .iter()
-            .filter(|d| &d.pool == pool_name)
-            .map(|d| d.replicas * d.devices_per_replica)
-            .sum();
-        ctx.metrics
-            .pool(pool_name, &pool.accelerator_type, pool.devices, used);
+    for (pool_name, used) in &outcome.pool_devices_used {
+        if let Some(pool) = pools.get(pool_name) {
+            ctx.metrics
+                .pool(pool_name, &pool.accelerator_type, pool.devices, *used);
+        }
     }
     // Events.
     let reference = ma.object_ref(&());
@@ -474,6 +477,27 @@ fn scaling<K: Resource>(
     }
 }
 
+/// What every existing ModelAutoscaler's status says it holds in the pools, by
+/// `namespace/name`, once the Controller's cache has its first full list (before that, a model
+/// would plan into devices that others it has not seen yet hold).
+async fn other_holdings(ctx: &Context) -> BTreeMap<String, PoolHoldings> {
+    let Some(store) = ctx.autoscalers.get() else {
+        return BTreeMap::new();
+    };
+    if store.wait_until_ready().await.is_err() {
+        return BTreeMap::new();
+    }
+    store
+        .state()
+        .iter()
+        .filter(|ma| ma.meta().deletion_timestamp.is_none())
+        .filter_map(|ma| {
+            let key = format!("{}/{}", ma.namespace()?, ma.name_any());
+            Some((key, holdings_from_status(&ma.spec, ma.status.as_ref())))
+        })
+        .collect()
+}
+
 fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.reconciler
         .lock()
@@ -516,6 +540,8 @@ pub async fn run_controller(
     };
     let controller = Controller::new(mas, watcher::Config::default());
     let reader = controller.store();
+    // One Controller per process: losing the lease ends the process.
+    let _ = ctx.autoscalers.set(reader.clone());
     controller
         .watches(
             deployments,

@@ -3,7 +3,7 @@
 //! What users rely on: the scale-down window and the hysteresis band alone let a fleet go to
 //! its floor during any pause longer than the window, so when the traffic returns it waits a
 //! whole start-up time for replicas (bursty code-assistant traffic does this every hour; see
-//! docs/autoscaling.md, "A whole day"). With `max_scale_down_share` the fleet loses at most
+//! docs/experiments/autoscaling.md, "A whole day"). With `max_scale_down_share` the fleet loses at most
 //! that share of its capacity per window, so it is still there when the traffic returns, and
 //! it still shrinks on a lasting decline.
 

@@ -3,8 +3,8 @@
 //! An AcceleratorPool is cluster-scoped, and several ModelAutoscalers may name it; together
 //! they must stay within its devices. Each reconcile plans one model within what the others
 //! leave. What a model holds in a pool is, per variant, the larger of its workload's replicas
-//! and its desired replicas (replicas starting, serving and draining all occupy devices) times
-//! its accelerators per replica.
+//! and its desired replicas (replicas starting, serving and draining all occupy devices), and
+//! never less than its minimum, times its accelerators per replica.
 //!
 //! Two sources say what the others hold: the decisions this process made (the reconciler's
 //! per-object state, updated under the same lock as every decision, so two reconciles never
@@ -26,23 +26,22 @@ use crate::crd::{ModelAutoscalerSpec, ModelAutoscalerStatus};
 /// Devices held per AcceleratorPool (by name).
 pub type PoolHoldings = BTreeMap<String, u32>;
 
-/// What a ModelAutoscaler's status says it holds (nothing before its first decision).
+/// What a ModelAutoscaler holds as its spec and status say: per variant, at least its minimum
+/// replicas (a guarantee, held even before the model's first decision), and the larger of the
+/// current and desired replicas its status reports.
 pub fn holdings_from_status(
     spec: &ModelAutoscalerSpec,
     status: Option<&ModelAutoscalerStatus>,
 ) -> PoolHoldings {
     let mut out = PoolHoldings::new();
-    let Some(status) = status else {
-        return out;
-    };
     for v in &spec.variants {
-        if let Some(s) = status.variants.iter().find(|s| s.name == v.name) {
-            let devices = s
-                .current_replicas
-                .max(s.desired_replicas)
-                .saturating_mul(v.accelerators_per_replica);
-            add(&mut out, &v.pool, devices);
-        }
+        let reported = status
+            .and_then(|st| st.variants.iter().find(|s| s.name == v.name))
+            .map_or(0, |s| s.current_replicas.max(s.desired_replicas));
+        let devices = reported
+            .max(v.min_replicas)
+            .saturating_mul(v.accelerators_per_replica);
+        add(&mut out, &v.pool, devices);
     }
     out
 }
@@ -122,6 +121,16 @@ variants:
             ..ModelAutoscalerStatus::default()
         };
         assert!(holdings_from_status(&spec(), Some(&partial)).is_empty());
+        // Minimum replicas are held whatever the status says, and before there is one.
+        let mut with_min = spec();
+        with_min.variants[1].min_replicas = 1;
+        let held = holdings_from_status(&with_min, None);
+        assert_eq!(held.get("tpu"), Some(&4));
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            holdings_from_status(&with_min, Some(&status)).get("tpu"),
+            Some(&8)
+        );
     }
 
     #[test]

@@ -1177,6 +1177,74 @@ policy: { actuation: scale, intervalSeconds: 30 }
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
+        /// Two models on one pool, under any sequence of loads, never hold more devices
+        /// between them than the pool has, as long as their minimums fit in it.
+        #[test]
+        fn models_sharing_a_pool_never_hold_more_than_it_has(
+            devices in 1u32..12,
+            mins in (0u32..2, 0u32..2),
+            loads in proptest::collection::vec((0.0f64..80.0, 0.0f64..80.0), 1..24),
+            tp in proptest::prop_oneof![proptest::strategy::Just(1u32), proptest::strategy::Just(2u32)],
+        ) {
+            let mut spec = one_variant_spec();
+            spec.variants[0].accelerators_per_replica = tp;
+            let mut pools = six_h100s();
+            if let Some(p) = pools.get_mut("h100") {
+                p.devices = devices;
+            }
+            let min = [mins.0, mins.1];
+            proptest::prop_assume!((min[0] + min[1]) * tp <= devices);
+            let specs: Vec<ModelAutoscalerSpec> = min
+                .iter()
+                .map(|&m| {
+                    let mut s = spec.clone();
+                    s.variants[0].min_replicas = m;
+                    s
+                })
+                .collect();
+            let mut r = Reconciler::new(Catalog::builtin(), CapacityCache::default());
+            // The workloads start at their minimums, before either model's first decision.
+            let mut running = min;
+            let mut previous: [Option<ModelAutoscalerStatus>; 2] = [None, None];
+            for (step, rates) in loads.iter().enumerate() {
+                for (m, name) in ["a", "b"].into_iter().enumerate() {
+                    let spec = &specs[m];
+                    // What the controller's watch cache shows: every model's spec and status.
+                    let others: BTreeMap<String, PoolHoldings> = ["llm/a", "llm/b"]
+                        .into_iter()
+                        .zip(&previous)
+                        .zip(&specs)
+                        .map(|((k, st), sp)| {
+                            (k.to_string(), pool_share::holdings_from_status(sp, st.as_ref()))
+                        })
+                        .collect();
+                    let o = h100_load(if m == 0 { rates.0 } else { rates.1 });
+                    let cur = [Some(ScaleState { spec: running[m], status: running[m] })];
+                    let out = r.reconcile(&Snapshot {
+                        namespace: "llm",
+                        name,
+                        generation: Some(1),
+                        spec,
+                        pools: &pools,
+                        current: &cur,
+                        metrics: Ok(&o),
+                        gateway_waiting: None,
+                        previous: previous[m].as_ref(),
+                        now: at(step as i64 * 30),
+                        others: &others,
+                    });
+                    running[m] = out.desired[0].replicas;
+                    proptest::prop_assert!(
+                        (running[0] + running[1]) * tp <= devices,
+                        "step {}: {} + {} replicas of {} devices on {}",
+                        step, running[0], running[1], tp, devices
+                    );
+                    proptest::prop_assert!(running[m] >= min[m]);
+                    previous[m] = Some(out.status);
+                }
+            }
+        }
+
         /// Whatever a user writes in a spec, and whatever Prometheus answers, a reconcile
         /// returns an outcome (valid or InvalidSpec) and never panics.
         #[test]

@@ -63,8 +63,9 @@ pub struct Snapshot<'a> {
     pub previous: Option<&'a ModelAutoscalerStatus>,
     pub now: Timestamp,
     /// Every ModelAutoscaler the controller sees (`namespace/name`; this one may be among
-    /// them), with the devices its status says it holds per pool. The reconciler's own record
-    /// of its decisions replaces the status where it has one.
+    /// them), with the devices its spec and status say it holds per pool
+    /// ([`pool_share::holdings_from_status`]). Where the reconciler decided for one itself,
+    /// the larger of that and this counts.
     pub others: &'a BTreeMap<String, PoolHoldings>,
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Per ModelAutoscaler, every `spec.policy.intervalSeconds` (and on any change to it, to an
 //! AcceleratorPool, or to a Deployment or StatefulSet it scales): list the pools, read each variant's `/scale`, collect the model's metrics
-//! from Prometheus, run [`Reconciler::reconcile`], then write the status subresource (JSON merge
+//! from Prometheus, read what the other ModelAutoscalers hold in shared pools from the
+//! Controller's watch cache, run [`Reconciler::reconcile`], then write the status subresource (JSON merge
 //! patch), publish its Events (`events.k8s.io/v1` via kube's `Recorder`), and actuate (exported
 //! gauges; the KEDA scaler's store; or `/scale` patches). Only the Lease holder runs the
 //! Controller (see [`super::leader`]); `/healthz`, `/readyz`, `/metrics` serve throughout.

@@ -417,19 +417,16 @@ fn decide(state: &mut ModelState, snap: &Snapshot<'_>, held_elsewhere: &PoolHold
         .pools
         .iter()
         .map(|p| {
-            let mut names: Vec<&String> = state
-                .setup
-                .accelerators
+            held_elsewhere
                 .iter()
-                .filter(|(a, _)| *a == p.accelerator)
-                .map(|(_, name)| name)
-                .collect();
-            names.sort();
-            names.dedup();
-            names
-                .into_iter()
-                .filter_map(|name| held_elsewhere.get(name).copied())
-                .fold(0, u32::saturating_add)
+                .filter(|(name, _)| {
+                    state
+                        .setup
+                        .accelerators
+                        .iter()
+                        .any(|(a, n)| n == *name && *a == p.accelerator)
+                })
+                .fold(0u32, |sum, (_, &devices)| sum.saturating_add(devices))
         })
         .collect();
     let view = ClusterView {

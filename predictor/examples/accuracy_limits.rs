@@ -14,7 +14,7 @@
 //!
 //! docs/predictor.md quotes the figures.
 //!
-//! `cargo run --release -p goodput-predictor --example accuracy_limits` (about 3 minutes)
+//! `cargo run --release -p goodput-predictor --example accuracy_limits` (about 20 seconds)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a measurement: a failed set-up should panic
 

@@ -7,8 +7,8 @@
 //! - [`physics`]: a variant's engine physics turned into prior TTFT/TPOT features (the models
 //!   learn the log-ratio actual/prior).
 //! - [`window`]: the stratified training window with ageing and a held-out slice.
-//! - [`gbdt`], [`model`]: the model families (gradient-boosted trees with Huber loss,
-//!   elastic-net linear), selection per target by held-out MAPE, conformal quantiles, accuracy,
+//! - [`gbdt`], [`linear`], [`model`]: the model families (gradient-boosted trees with Huber
+//!   loss, elastic-net linear), selection per target by held-out MAPE, conformal quantiles, accuracy,
 //!   and the training box outside which the physics prior answers alone.
 //! - [`predictor`]: the online [`Predictor`]: versioned models swapped atomically, background
 //!   retraining on a cadence and on drift; predictions never wait for training.
@@ -24,6 +24,7 @@
 
 pub mod features;
 pub mod gbdt;
+pub mod linear;
 pub mod metrics;
 pub mod model;
 pub mod online;

@@ -10,13 +10,11 @@
 //! Both families predict `ln(latency)`: latencies are positive and span orders of magnitude, and
 //! a multiplicative error model is what MAPE and ratio-based conformal intervals assume.
 
-use linfa::prelude::*;
-use linfa_elasticnet::ElasticNet;
-use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use crate::features::{FeatureVector, N_FEATURES};
 use crate::gbdt::{self, Gbdt, GbdtParams};
+use crate::linear::Linear;
 
 /// Quantiles the predictor reports and scores.
 pub const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
@@ -54,87 +52,6 @@ impl Family {
             Family::Linear => "linear",
             Family::Gbdt => "gbdt",
         }
-    }
-}
-
-/// Width of the linear model's design: each feature, its `ln(1 + |x|)`, and an intercept column
-/// handled by the solver.
-const LINEAR_WIDTH: usize = 2 * N_FEATURES;
-
-/// A linear model on `ln(latency)`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Linear {
-    mean: Vec<f64>,
-    scale: Vec<f64>,
-    coef: Vec<f64>,
-    intercept: f64,
-}
-
-#[inline]
-fn linear_design(x: &FeatureVector) -> [f64; LINEAR_WIDTH] {
-    let mut d = [0.0; LINEAR_WIDTH];
-    d[..N_FEATURES].copy_from_slice(x);
-    for (o, v) in d[N_FEATURES..].iter_mut().zip(x) {
-        *o = v.abs().ln_1p();
-    }
-    d
-}
-
-impl Linear {
-    #[inline]
-    pub fn predict(&self, x: &FeatureVector) -> f64 {
-        let d = linear_design(x);
-        let mut s = self.intercept;
-        for (((v, c), m), k) in d.iter().zip(&self.coef).zip(&self.mean).zip(&self.scale) {
-            s += c * (v - m) * k;
-        }
-        s
-    }
-
-    /// Fits on standardised inputs; constant columns get a zero coefficient.
-    pub fn fit(x: &[FeatureVector], y: &[f64], penalty: f64) -> Option<Self> {
-        let n = x.len().min(y.len());
-        if n < 2 {
-            return None;
-        }
-        let rows: Vec<[f64; LINEAR_WIDTH]> = x[..n].iter().map(linear_design).collect();
-        let mut mean = vec![0.0; LINEAR_WIDTH];
-        let mut scale = vec![0.0; LINEAR_WIDTH];
-        for r in &rows {
-            for (m, v) in mean.iter_mut().zip(r) {
-                *m += v / n as f64;
-            }
-        }
-        for r in &rows {
-            for ((s, v), m) in scale.iter_mut().zip(r).zip(&mean) {
-                *s += (v - m).powi(2) / n as f64;
-            }
-        }
-        for s in scale.iter_mut() {
-            let sd = s.sqrt();
-            *s = if sd > 1e-12 { 1.0 / sd } else { 0.0 };
-        }
-        let mut data = Array2::<f64>::zeros((n, LINEAR_WIDTH));
-        for (i, r) in rows.iter().enumerate() {
-            for j in 0..LINEAR_WIDTH {
-                data[[i, j]] = (r[j] - mean[j]) * scale[j];
-            }
-        }
-        let targets = Array1::from_iter(y[..n].iter().copied());
-        let ds = Dataset::new(data, targets);
-        let model = ElasticNet::params()
-            .penalty(penalty)
-            .l1_ratio(0.05)
-            .max_iterations(2000)
-            .tolerance(1e-6)
-            .fit(&ds)
-            .ok()?;
-        Some(Self {
-            mean,
-            scale,
-            coef: model.hyperplane().to_vec(),
-            intercept: model.intercept(),
-        })
     }
 }
 

@@ -6,6 +6,9 @@
 //! static baseline the cheapest fixed fleet that holds the SLO on this very workload, found by
 //! simulating candidates) -> `goodput_sim::run::simulate` -> `RunReport`s -> [`compare_json`].
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
 use goodput_core::Role;
 use goodput_sim::cluster::resolve_variants;
 use goodput_sim::policy::{Autoscaler, Router};
@@ -54,12 +57,12 @@ const STATIC_TIE: f64 = 0.001;
 const STATIC_MIX_STEPS: u32 = 40;
 
 /// A family of fleets by size index (larger index, larger fleet).
-type FleetOfSize<'a> = Box<dyn Fn(u32) -> Vec<u32> + 'a>;
+type FleetOfSize<'a> = Box<dyn Fn(u32) -> Vec<u32> + Sync + 'a>;
 
 /// Makes a fresh router for one run of a scenario (each run starts with an empty router state),
 /// or says why it cannot. Without one, runs use the router the scenario names. goodput's
 /// scheduler brings its pickers this way; this crate does not depend on it.
-pub type RouterFactory<'a> = &'a dyn Fn(&Scenario) -> Result<Box<dyn Router>, String>;
+pub type RouterFactory<'a> = &'a (dyn Fn(&Scenario) -> Result<Box<dyn Router>, String> + Sync);
 
 /// One run of `scenario` under `autoscaler` (its fixed replicas when None) with the factory's
 /// router, or the scenario's; errors name `policy`.
@@ -97,8 +100,9 @@ pub struct StaticFleet {
 /// is optimistic for bursty, long-tailed traces, so a model-sized "peak" fleet can miss the SLO
 /// and make a cheap but meaningless reference). Candidates: each variant alone, and the
 /// optimiser's mix for a multiple of the peak minute's rate; for each, the smallest size that
-/// reaches the target, by bisection (attainment grows with the fleet). When none reaches it,
-/// the fleet with the highest attainment (the cheaper of two within a tenth of a point).
+/// reaches the target, by bisection (attainment grows with the fleet), the candidates' searches
+/// side by side on the cores there are. When none reaches it, the fleet with the highest
+/// attainment (the cheaper of two within a tenth of a point).
 pub fn size_static_fleet(
     scenario: &Scenario,
     workload: &Workload,
@@ -107,10 +111,18 @@ pub fn size_static_fleet(
     peak_rate: f64,
     router: Option<RouterFactory<'_>>,
 ) -> Result<StaticFleet, CompareError> {
-    let mut cache: Vec<(Vec<u32>, f64)> = Vec::new();
-    let mut attainment = |fleet: &[u32]| -> Result<f64, CompareError> {
-        if let Some((_, a)) = cache.iter().find(|(f, _)| f == fleet) {
-            return Ok(*a);
+    // Shared by the families' searches, which run at once: a fleet two of them reach (the mix
+    // and a variant alone can coincide) is simulated once, unless both ask at the same time.
+    let cache: Mutex<Vec<(Vec<u32>, f64)>> = Mutex::new(Vec::new());
+    let attainment = |fleet: &[u32]| -> Result<f64, CompareError> {
+        let known = cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(f, _)| f == fleet)
+            .map(|(_, a)| *a);
+        if let Some(a) = known {
+            return Ok(a);
         }
         let mut s = scenario.clone();
         for (v, r) in s.variants.iter_mut().zip(fleet) {
@@ -124,7 +136,10 @@ pub fn size_static_fleet(
                 .requests
                 .slo_attainment
         };
-        cache.push((fleet.to_vec(), a));
+        cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((fleet.to_vec(), a));
         Ok(a)
     };
     let cost = |fleet: &[u32]| -> f64 {
@@ -173,10 +188,9 @@ pub fn size_static_fleet(
             .replicas
         }),
     ));
-    let mut best: Option<StaticFleet> = None;
-    for (top, fleet_of) in &families {
-        // Smallest index reaching the target, or the top when none does.
-        let (mut lo, mut hi) = (1u32, *top);
+    // Each family's search: the smallest index reaching the target, or the top when none does.
+    let search = |top: u32, fleet_of: &FleetOfSize<'_>| -> Result<StaticFleet, CompareError> {
+        let (mut lo, mut hi) = (1u32, top);
         if attainment(&fleet_of(hi))? >= STATIC_PEAK_ATTAINMENT {
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
@@ -188,11 +202,45 @@ pub fn size_static_fleet(
             }
         }
         let replicas = fleet_of(hi);
-        let found = StaticFleet {
+        Ok(StaticFleet {
             attainment: attainment(&replicas)?,
             cost_per_hour: cost(&replicas),
             replicas,
-        };
+        })
+    };
+    // The searches are independent: up to one per core at a time, each family's result kept
+    // in its slot, so the choice below sees them in the same order whatever finishes first.
+    let found: Mutex<Vec<Option<Result<StaticFleet, CompareError>>>> =
+        Mutex::new(families.iter().map(|_| None).collect());
+    let next = AtomicUsize::new(0);
+    let worker = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((top, fleet_of)) = families.get(i) else {
+                break;
+            };
+            let result = search(*top, fleet_of);
+            found.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(result);
+        }
+    };
+    let threads = default_jobs().clamp(1, families.len().max(1));
+    if threads == 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(worker);
+            }
+        });
+    }
+    let mut best: Option<StaticFleet> = None;
+    for found in found
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .into_iter()
+        .flatten()
+    {
+        let found = found?;
         let reached = |f: &StaticFleet| f.attainment >= STATIC_PEAK_ATTAINMENT;
         best = Some(match best {
             None => found,
@@ -405,7 +453,8 @@ pub fn prepare_with(
     })
 }
 
-/// Runs `workload` under each policy in turn, behind the scenario's router.
+/// Runs `workload` under each policy, behind the scenario's router, as many at a time as the
+/// machine has cores ([`default_jobs`]).
 pub fn compare(
     scenario: &Scenario,
     workload: &Workload,
@@ -422,19 +471,36 @@ pub fn compare_routed(
     policies: &[String],
     router: Option<RouterFactory<'_>>,
 ) -> Result<Vec<RunReport>, CompareError> {
-    compare_each(scenario, workload, policies, router, &mut |_, _| Ok(()))
+    compare_each(
+        scenario,
+        workload,
+        policies,
+        router,
+        default_jobs(),
+        &mut |_, _| Ok(()),
+    )
 }
 
-/// [`compare_routed`] that hands each policy's whole run (every request's outcome) to
-/// `each_run` as it finishes, before the next policy runs, so that a caller can keep what it
-/// needs of a run (per-request rows, say) without holding every run of a long workload at once.
-/// An error from `each_run` stops the comparison.
+/// How many policies [`compare`] runs at a time: the cores this process may use.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// [`compare_routed`] running up to `jobs` policies at a time (at least one), each on a thread
+/// of its own, that hands each policy's whole run (every request's outcome) to `each_run` as it
+/// finishes, so that a caller can keep what it needs of a run (per-request rows, say) without
+/// holding every run of a long workload at once: at most `jobs` runs are in memory together.
+/// Reports come back in the order of `policies` whatever order the runs finish in; each run is
+/// seeded by the scenario alone, so `jobs` changes how long a comparison takes, not its
+/// figures. An error (the first policy's in `policies` order, if several fail) stops the
+/// comparison: runs in progress finish, none starts after it.
 pub fn compare_each(
     scenario: &Scenario,
     workload: &Workload,
     policies: &[String],
     router: Option<RouterFactory<'_>>,
-    each_run: &mut dyn FnMut(&str, &Simulation) -> Result<(), String>,
+    jobs: usize,
+    each_run: &mut (dyn FnMut(&str, &Simulation) -> Result<(), String> + Send),
 ) -> Result<Vec<RunReport>, CompareError> {
     // A misspelt name fails before the first run, not after minutes of the others.
     if let Some(unknown) = policies
@@ -443,29 +509,70 @@ pub fn compare_each(
     {
         return Err(CompareError::UnknownPolicy(unknown.clone()));
     }
-    let mut out = Vec::new();
     // Probe the workload's mean shape once; every policy starts from a clone of this cache.
     let mut capacity = capacity_for(scenario)?;
     let (shape, _, _) = stats(workload);
     for i in 0..scenario.variants.len() {
         capacity.max_rate(i, &shape);
     }
-    for name in policies {
+    let one = |name: &String| -> Result<Simulation, CompareError> {
         let mut p = prepare_with(name, scenario, workload, Some(capacity.clone()), router)?;
-        let sim = run(
+        run(
             name,
             &p.scenario,
             workload,
             p.policy.as_deref_mut().map(|a| a as &mut dyn Autoscaler),
             router,
-        )?;
-        each_run(name, &sim).map_err(|message| CompareError::Run {
+        )
+    };
+    let each_run = Mutex::new(each_run);
+    let keep = |name: &String, sim: Simulation| -> Result<RunReport, CompareError> {
+        let mut each_run = each_run.lock().unwrap_or_else(PoisonError::into_inner);
+        (*each_run)(name, &sim).map_err(|message| CompareError::Run {
             policy: name.clone(),
             message,
         })?;
         let mut report = sim.report;
         report.policy = name.clone();
-        out.push(report);
+        Ok(report)
+    };
+    let outcomes: Mutex<Vec<Option<Result<RunReport, CompareError>>>> =
+        Mutex::new(policies.iter().map(|_| None).collect());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let worker = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= policies.len() || failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let name = &policies[i];
+            let outcome = one(name).and_then(|sim| keep(name, sim));
+            if outcome.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            outcomes.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(outcome);
+        }
+    };
+    let threads = jobs.clamp(1, policies.len().max(1));
+    if threads == 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(worker);
+            }
+        });
+    }
+    // In `policies` order: the first error wins; a policy not run (after an error) has none.
+    let mut out = Vec::with_capacity(policies.len());
+    for outcome in outcomes
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .into_iter()
+        .flatten()
+    {
+        out.push(outcome?);
     }
     Ok(out)
 }

@@ -89,6 +89,11 @@ pub struct CompareArgs {
     /// SLO), as `sim run` writes requests.csv, to see where and on what a policy missed.
     #[arg(long, env = "GOODPUT_SIM_REQUESTS")]
     pub requests: bool,
+    /// Policies simulated at a time, each on a core of its own (default: the cores this process
+    /// may use). The figures do not depend on it; memory grows with it, one run of the workload
+    /// per job.
+    #[arg(long, env = "GOODPUT_SIM_JOBS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -294,7 +299,7 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
 }
 
 /// Makes the router of one run (see [`router_factory`]).
-type MakeRouter = Box<dyn Fn(&Scenario) -> Result<Box<dyn Router>, String>>;
+type MakeRouter = Box<dyn Fn(&Scenario) -> Result<Box<dyn Router>, String> + Sync>;
 
 /// A fresh router per run, as `sim run` and `sim compare` name it (`--router`): one of
 /// goodput's scheduler pickers on physics predictions, or None for `scenario` (the simulator's
@@ -471,6 +476,8 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         &workload,
         &args.policies,
         factory.as_deref(),
+        args.jobs
+            .map_or_else(goodput_autoscaler::compare::default_jobs, |j| j as usize),
         &mut keep_requests,
     )?;
     std::fs::create_dir_all(&args.out)
